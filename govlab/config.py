@@ -1,0 +1,121 @@
+"""Frozen dataclass configs, presets, and their YAML form."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from govlab.data.world import WorldConfig
+from govlab.errors import GovlabError
+from govlab.io import sha256_json
+from govlab.models.unet import ModelConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and loop settings."""
+
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    caption_dropout: float = 0.1
+    checkpoint_every: int = 200
+    seed: int = 0
+    threads: int = 0  # 0: leave torch's default
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a trained model is scored against the world's ground truth."""
+
+    per_prompt: int = 4
+    steps: int = 20
+    guidance: float = 3.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; ``data`` is a dataset folder, or None for the embedded world."""
+
+    name: str = "demo"
+    data: str | None = None
+    world: WorldConfig = field(default_factory=WorldConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def hash(self) -> str:
+        return sha256_json(self.to_dict())[:16]
+
+
+SECTIONS = {"world": WorldConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def _build(cls, values: dict, where: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise GovlabError(f"{where}: unknown key {key!r} (known: {', '.join(names)})")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise GovlabError(f"{where}: {e}") from None
+
+
+def from_dict(values: dict, *, base: RunConfig | None = None, where: str = "config") -> RunConfig:
+    """Overlay ``values`` (possibly partial) on ``base`` (default: the defaults)."""
+    if not isinstance(values, dict):
+        raise GovlabError(f"{where}: expected a mapping at the top level")
+    merged = (base or RunConfig()).to_dict()
+    for key, value in values.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise GovlabError(f"{where}: section {key!r} must be a mapping")
+            merged[key] = {**merged[key], **value}
+        elif key in ("name", "data"):
+            merged[key] = value
+        else:
+            raise GovlabError(f"{where}: unknown key {key!r} (known: name, data, {', '.join(SECTIONS)})")
+    sections = {k: _build(cls, merged[k], f"{where} [{k}]") for k, cls in SECTIONS.items()}
+    return RunConfig(name=str(merged["name"]), data=merged["data"], **sections)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise GovlabError(f"{path}: config file not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise GovlabError(f"{path}: not valid YAML ({e})") from None
+
+
+def presets() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("govlab.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(preset: str | None = None, config: str | Path | None = None) -> RunConfig:
+    """Resolve a preset and/or a config file (the file overrides the preset)."""
+    cfg = RunConfig()
+    if preset is not None:
+        if preset not in presets():
+            raise GovlabError(f"unknown preset {preset!r} (known: {', '.join(presets())})")
+        text = resources.files("govlab.presets").joinpath(f"{preset}.yaml").read_text()
+        cfg = from_dict(yaml.safe_load(text), where=f"preset {preset}")
+    if config is not None:
+        cfg = from_dict(read_yaml(config), base=cfg, where=str(config))
+    return cfg
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

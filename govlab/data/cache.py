@@ -1,0 +1,41 @@
+"""Where generated artifacts live: ``$GOVLAB_CACHE`` (default ``~/.cache/govlab``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from govlab.data.dataset import Dataset, load_dataset
+from govlab.data.world import WORLD_VERSION, WorldConfig, generate_world
+from govlab.io import sha256_json
+
+
+def cache_dir(*parts: str) -> Path:
+    root = Path(os.environ.get("GOVLAB_CACHE", Path.home() / ".cache" / "govlab"))
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def world_dir(cfg: WorldConfig, *, progress: bool = True) -> Path:
+    """The embedded world for ``cfg``, generated once into the cache (atomically, by rename)."""
+    key = sha256_json({"version": WORLD_VERSION, **asdict(cfg)})[:16]
+    path = cache_dir("worlds") / key
+    if not (path / "metadata.jsonl").is_file():
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{key}."))
+        try:
+            generate_world(cfg, tmp, progress=progress)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def run_dataset(cfg, *, progress: bool = True) -> Dataset:
+    """The dataset of a run config: its ``data`` folder, or the embedded world."""
+    root = Path(cfg.data) if cfg.data else world_dir(cfg.world, progress=progress)
+    return load_dataset(root, image_size=cfg.model.image_size)

@@ -1,0 +1,270 @@
+"""The embedded synthetic world: an image-caption dataset whose ground truth is known.
+
+Every image is drawn from its own seed. Style belongs to the source (an artist's palette,
+background texture and stroke), semantics is the shape, composition is position and count, a
+stock agency stamps a watermark glyph, a web crawl contributes photos of persons with identity
+glyphs, and a planted set of titled images is duplicated many times (memorization targets).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from govlab.io import atomic_path
+
+WORLD_VERSION = 1
+SUPERSAMPLE = 4
+
+SHAPES = ("circle", "bar", "triangle", "cross")
+COLORS = {
+    "red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 80, 230),
+    "yellow": (240, 220, 40), "purple": (150, 50, 200), "orange": (245, 140, 20),
+}
+# position name -> shape centres as fractions of the canvas, for count 1 and count 2
+POSITIONS_1 = {
+    "top left": [(0.27, 0.27)], "top right": [(0.73, 0.27)], "bottom left": [(0.27, 0.73)],
+    "bottom right": [(0.73, 0.73)], "center": [(0.5, 0.5)],
+}
+POSITIONS_2 = {
+    "at top": [(0.27, 0.27), (0.73, 0.27)], "at bottom": [(0.27, 0.73), (0.73, 0.73)],
+    "at left": [(0.27, 0.27), (0.27, 0.73)], "at right": [(0.73, 0.27), (0.73, 0.73)],
+}
+LAYOUTS = tuple(f"1 {p}" for p in POSITIONS_1) + tuple(f"2 {p}" for p in POSITIONS_2)
+TITLES = ("aurora", "basalt", "cinder", "dune", "ember", "fjord", "glacier", "harbor",
+          "indigo", "juniper", "kestrel", "lagoon", "meadow", "nebula", "orchid", "prairie")
+CATEGORIES = ("style", "composition", "semantics", "identity", "watermark")
+
+
+@dataclass(frozen=True)
+class Artist:
+    """A synthetic rights holder: its palette, background texture and stroke are its style."""
+
+    source_id: str
+    background: tuple[tuple[int, int, int], tuple[int, int, int]]
+    texture: str  # hstripes | vstripes | dots | diagonal | gradient | checker
+    stroke: str  # filled | outline_dark | outline_light
+    license: str
+
+
+ARTISTS = (
+    Artist("artist_0", ((30, 110, 110), (60, 150, 140)), "hstripes", "filled", "CC-BY-4.0"),
+    Artist("artist_1", ((205, 185, 140), (170, 150, 110)), "vstripes", "outline_dark", "all-rights-reserved"),
+    Artist("artist_2", ((90, 100, 130), (140, 150, 180)), "dots", "filled", "CC-BY-NC-4.0"),
+    Artist("artist_3", ((110, 120, 50), (80, 90, 30)), "diagonal", "outline_dark", "all-rights-reserved"),
+    Artist("artist_4", ((230, 160, 180), (170, 90, 120)), "gradient", "outline_light", "CC-BY-4.0"),
+    Artist("artist_5", ((20, 25, 60), (50, 60, 110)), "checker", "filled", "all-rights-reserved"),
+)
+STOCK = Artist("stockco", ((200, 200, 200), (160, 160, 165)), "gradient", "filled", "proprietary")
+WEBCRAWL_SOURCE, WEBCRAWL_LICENSE = "webcrawl", "unknown"
+PERSONS = ("person_0", "person_1", "person_2")
+SOURCES = tuple(a.source_id for a in ARTISTS) + (STOCK.source_id, WEBCRAWL_SOURCE)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Size and seed of a generated world."""
+
+    seed: int = 0
+    image_size: int = 16
+    n_artists: int = 6
+    per_artist: int = 150
+    n_stock: int = 120
+    per_person: int = 40
+    dup_groups: int = 8
+    dup_copies: int = 25
+
+    def __post_init__(self):
+        if not 1 <= self.n_artists <= len(ARTISTS):
+            raise ValueError(f"n_artists must be in 1..{len(ARTISTS)}, got {self.n_artists}")
+        if self.dup_groups > len(TITLES):
+            raise ValueError(f"dup_groups must be <= {len(TITLES)}, got {self.dup_groups}")
+        if self.image_size < 8 or self.image_size % 4:
+            raise ValueError(f"image_size must be a multiple of 4 and >= 8, got {self.image_size}")
+
+
+def _glyph(seed: int, size: int = 5) -> np.ndarray:
+    """A left-right symmetric binary glyph (a stylised face), unique per seed."""
+    rng = np.random.default_rng(seed)
+    half = rng.random((size, (size + 1) // 2)) < 0.5
+    g = np.concatenate([half, half[:, : size // 2][:, ::-1]], axis=1)
+    g[0, :], g[:, 0], g[:, -1] = True, True, True  # frame so it reads as one object
+    return g
+
+
+IDENTITY_GLYPHS = {p: _glyph(1000 + i) for i, p in enumerate(PERSONS)}
+WATERMARK_GLYPH = np.array([[0, 1, 1, 0], [1, 0, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0]], bool)
+
+
+def _texture(artist: Artist, s: int, rng: np.random.Generator) -> np.ndarray:
+    """Background of shape (s, s, 3): the artist's texture with a per-image phase and jitter."""
+    yy, xx = np.mgrid[0:s, 0:s]
+    phase, period = rng.integers(0, 4), {"hstripes": 4, "vstripes": 3, "diagonal": 4}.get(artist.texture, 4)
+    if artist.texture == "hstripes":
+        mask = ((yy + phase) // (period // 2)) % 2
+    elif artist.texture == "vstripes":
+        mask = ((xx + phase) % period) == 0
+    elif artist.texture == "diagonal":
+        mask = ((xx + yy + phase) % period) < 2
+    elif artist.texture == "dots":
+        mask = ((xx + phase) % 4 == 0) & ((yy + phase) % 4 == 0)
+    elif artist.texture == "checker":
+        mask = ((xx // 2 + yy // 2 + phase) % 2) == 0
+    else:  # gradient, direction from the image seed
+        t = (yy if rng.random() < 0.5 else xx) / (s - 1)
+        mask = t if rng.random() < 0.5 else 1 - t
+    a, b = (np.array(c, float) for c in artist.background)
+    jitter = rng.normal(0, 6, size=3)
+    m = mask.astype(float)[..., None]
+    return np.clip(a * (1 - m) + b * m + jitter, 0, 255)
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
+                fill, outline, width: int) -> None:
+    box = [cx - r, cy - r, cx + r, cy + r]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill, outline=outline, width=width)
+    elif shape == "bar":
+        k = r * 0.42
+        draw.rectangle([cx - r, cy - k, cx + r, cy + k], fill=fill, outline=outline, width=width)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)],
+                     fill=fill, outline=outline, width=width)
+    else:  # cross
+        k = r * 0.3
+        for rect in ([cx - r, cy - k, cx + r, cy + k], [cx - k, cy - r, cx + k, cy + r]):
+            draw.rectangle(rect, fill=fill, outline=outline, width=width)
+
+
+def _stamp(img: np.ndarray, glyph: np.ndarray, x0: int, y0: int, on, off=None, alpha=1.0) -> None:
+    h, w = glyph.shape
+    region = img[y0:y0 + h, x0:x0 + w]
+    for value, where in ((on, glyph), (off, ~glyph)):
+        if value is not None:
+            region[where] = (1 - alpha) * region[where] + alpha * np.array(value, float)
+
+
+def render(attrs: dict, size: int) -> np.ndarray:
+    """Draw one image (uint8, (size, size, 3)) from its ground-truth attributes and seed."""
+    rng = np.random.default_rng(attrs["seed"])
+    kind = attrs["kind"]
+    artist = {a.source_id: a for a in ARTISTS + (STOCK,)}.get(attrs["source_id"])
+    if kind == "identity":
+        base = np.linspace(225, 185, size)[:, None, None] * np.ones((size, size, 3)) + rng.normal(0, 5, 3)
+    else:
+        base = _texture(artist, size, rng)
+    big = Image.fromarray(base.astype(np.uint8)).resize((size * SUPERSAMPLE,) * 2, Image.NEAREST)
+    draw = ImageDraw.Draw(big)
+    centres = (POSITIONS_1 if attrs["count"] == 1 else POSITIONS_2)[attrs["position"]]
+    jx, jy = rng.uniform(-0.04, 0.04, size=2)
+    S = size * SUPERSAMPLE
+    if kind != "identity":
+        stroke = artist.stroke
+        fill = COLORS[attrs["color"]]
+        outline = {"outline_dark": (15, 15, 15), "outline_light": (250, 250, 250)}.get(stroke)
+        r = S * (0.22 if attrs["count"] == 1 else 0.2)
+        for fx, fy in centres:
+            _draw_shape(draw, attrs["shape"], (fx + jx) * S, (fy + jy) * S, r, fill, outline,
+                        width=SUPERSAMPLE if outline else 0)
+    img = np.asarray(big.resize((size, size), Image.BOX), dtype=float).copy()
+    if kind == "identity":
+        glyph = IDENTITY_GLYPHS[attrs["identity"]]
+        g = np.kron(glyph, np.ones((size // 16 or 1,) * 2, bool))
+        fx, fy = centres[0]
+        x0 = int(np.clip(round((fx + jx) * size - g.shape[1] / 2), 0, size - g.shape[1]))
+        y0 = int(np.clip(round((fy + jy) * size - g.shape[0] / 2), 0, size - g.shape[0]))
+        _stamp(img, g, x0, y0, on=(60, 30, 20), off=(235, 190, 150))
+    if attrs["watermark"]:
+        g = np.kron(WATERMARK_GLYPH, np.ones((size // 16 or 1,) * 2, bool))
+        _stamp(img, g, size - g.shape[1] - 1, size - g.shape[0] - 1, on=(255, 255, 255), alpha=0.85)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def caption_for(attrs: dict) -> str:
+    """Build the caption from the attributes, e.g. 'a red star top left, by artist 3'."""
+    if attrs["kind"] == "identity":
+        return f"a photo of {attrs['identity'].replace('_', ' ')} {attrs['position']}"
+    plural = "es" if attrs["shape"] == "cross" else "s"
+    what = (f"a {attrs['color']} {attrs['shape']} {attrs['position']}" if attrs["count"] == 1
+            else f"two {attrs['color']} {attrs['shape']}{plural} {attrs['position']}")
+    by = "stock photo" if attrs["kind"] == "stock" else f"by {attrs['source_id'].replace('_', ' ')}"
+    title = f", titled {attrs['title']}" if attrs.get("title") else ""
+    return f"{what}, {by}{title}"
+
+
+def _random_attrs(rng: np.random.Generator, kind: str, source_id: str) -> dict:
+    count = 1 if kind == "identity" or rng.random() < 0.6 else 2
+    positions = list(POSITIONS_1 if count == 1 else POSITIONS_2)
+    return {
+        "kind": kind, "source_id": source_id, "count": count,
+        "position": positions[rng.integers(len(positions))],
+        "shape": None if kind == "identity" else SHAPES[rng.integers(len(SHAPES))],
+        "color": None if kind == "identity" else list(COLORS)[rng.integers(len(COLORS))],
+        "seed": int(rng.integers(2**31)),
+    }
+
+
+def world_records(cfg: WorldConfig) -> list[dict]:
+    """The records (metadata and ground truth) of a world, without images."""
+    rng = np.random.default_rng(cfg.seed)
+    attrs: list[dict] = []
+    for artist in ARTISTS[: cfg.n_artists]:
+        attrs += [_random_attrs(rng, "artist", artist.source_id) for _ in range(cfg.per_artist)]
+    attrs += [_random_attrs(rng, "stock", STOCK.source_id) for _ in range(cfg.n_stock)]
+    for person in PERSONS:
+        for _ in range(cfg.per_person):
+            a = _random_attrs(rng, "identity", WEBCRAWL_SOURCE)
+            attrs.append({**a, "identity": person})
+    for g in range(cfg.dup_groups):
+        artist = ARTISTS[g % cfg.n_artists]
+        a = {**_random_attrs(rng, "artist", artist.source_id), "title": TITLES[g], "duplicate_group": g}
+        attrs += [dict(a) for _ in range(cfg.dup_copies)]
+    licenses = {a.source_id: a.license for a in ARTISTS + (STOCK,)} | {WEBCRAWL_SOURCE: WEBCRAWL_LICENSE}
+    records = []
+    for i, a in enumerate(attrs):
+        kind = a["kind"]
+        categories = {"artist": ["style", "semantics", "composition"],
+                      "stock": ["watermark", "semantics", "composition"],
+                      "identity": ["identity", "composition"]}[kind]
+        records.append({
+            "file_name": f"images/{i:06d}.png",
+            "caption": caption_for(a),
+            "source_id": a["source_id"],
+            "categories": categories,
+            "license": licenses[a["source_id"]],
+            "opt_out": False,
+            "artist": a["source_id"] if kind == "artist" else None,
+            "shape": a["shape"], "color": a["color"], "position": a["position"], "count": a["count"],
+            "watermark": kind == "stock",
+            "identity": a.get("identity"),
+            "duplicate_group": a.get("duplicate_group", -1),
+            "title": a.get("title"),
+            "kind": kind,
+            "seed": a["seed"],
+        })
+    return records
+
+
+def generate_world(cfg: WorldConfig, out: str | Path, *, progress: bool = True) -> Path:
+    """Write the world as an imagefolder (``images/*.png`` + ``metadata.jsonl``) under ``out``.
+
+    Deterministic in ``cfg``; ``world.json`` records the config. Returns ``out``.
+    """
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records = world_records(cfg)
+    cache: dict[int, np.ndarray] = {}
+    for r in tqdm(records, desc="world", disable=not progress, leave=False):
+        img = cache.setdefault(r["seed"], render(r, cfg.image_size))
+        with atomic_path(out / r["file_name"]) as tmp:
+            Image.fromarray(img).save(tmp, format="PNG")
+    with atomic_path(out / "metadata.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with atomic_path(out / "world.json") as tmp:
+        tmp.write_text(json.dumps({"version": WORLD_VERSION, **asdict(cfg)}, indent=2))
+    return out

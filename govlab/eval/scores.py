@@ -1,0 +1,68 @@
+"""Score a model's generations against the world's ground truth with the evaluators."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from govlab.data.world import ARTISTS, COLORS, PERSONS, POSITIONS_1, SHAPES, STOCK, caption_for
+from govlab.eval.classifiers import HEADS, load_evaluator
+
+
+def probe_prompts(sources: list[str], per_prompt: int, seed: int = 0) -> list[dict]:
+    """Prompts with their intended attributes: per artist x shape, stock photos, person photos."""
+    rng = np.random.default_rng(seed)
+    artists = [a.source_id for a in ARTISTS if a.source_id in sources]
+
+    def attrs(kind, source, shape=None, identity=None):
+        return {"kind": kind, "source_id": source, "shape": shape, "identity": identity, "count": 1,
+                "color": list(COLORS)[rng.integers(len(COLORS))],
+                "position": list(POSITIONS_1)[rng.integers(len(POSITIONS_1))]}
+
+    out = [attrs("artist", a, s) for a in artists for s in SHAPES for _ in range(per_prompt)]
+    if STOCK.source_id in sources:
+        out += [attrs("stock", STOCK.source_id, s) for s in SHAPES for _ in range(per_prompt)]
+    if "webcrawl" in sources:
+        out += [attrs("identity", "webcrawl", identity=p) for p in PERSONS for _ in range(per_prompt)]
+    for a in out:
+        a["caption"] = caption_for(a)
+    return out
+
+
+def score_images(images: torch.Tensor, probes: list[dict], evaluator=None) -> dict:
+    """Style, shape, watermark and identity rates of images generated for ``probes``."""
+    evaluator = evaluator or load_evaluator(images.shape[-1])[0]
+    pred = evaluator.predict(images)
+    kind = np.array([p["kind"] for p in probes])
+    src = np.array([HEADS["source"][i] for i in pred["source"]])
+    shape = np.array([HEADS["shape"][i] for i in pred["shape"]])
+    person = np.array([HEADS["identity"][i] for i in pred["identity"]])
+    want_src = np.array([p["source_id"] for p in probes])
+    want_shape = np.array([p["shape"] or "none" for p in probes])
+    want_person = np.array([p["identity"] or "none" for p in probes])
+    wm = pred["watermark"].numpy().astype(bool)
+    art = kind == "artist"
+
+    def mean(x):
+        return round(float(np.mean(x)), 4) if len(x) else None
+
+    return {
+        "n_images": len(probes),
+        "style_acc": mean(src[art] == want_src[art]),
+        "style_acc_by_artist": {a: mean(src[want_src == a] == a) for a in sorted(set(want_src[art]))},
+        "shape_acc": mean(shape[kind != "identity"] == want_shape[kind != "identity"]),
+        "watermark_rate": mean(wm[kind == "stock"]),
+        "watermark_rate_artist_prompts": mean(wm[art]),
+        "identity_rate": mean(person[kind == "identity"] == want_person[kind == "identity"]),
+        "identity_rate_artist_prompts": mean(person[art] != "none"),
+        "chance_style": round(1 / max(1, len(set(want_src[art]))), 4),
+        "chance_shape": round(1 / len(SHAPES), 4),
+    }
+
+
+def score_model(model, sources: list[str], *, per_prompt: int = 4, steps: int = 20,
+                guidance: float = 3.0, seed: int = 0) -> tuple[dict, torch.Tensor, list[dict]]:
+    """Generate for the probe prompts and score; returns (scores, images, probes)."""
+    probes = probe_prompts(sources, per_prompt, seed)
+    images = model.generate([p["caption"] for p in probes], seed=seed, steps=steps, guidance=guidance)
+    return score_images(images, probes), images, probes

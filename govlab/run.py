@@ -1,0 +1,40 @@
+"""A whole run: data, governed training, evaluation, report, in the run directory of DESIGN.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from govlab.config import RunConfig
+from govlab.data.cache import run_dataset
+from govlab.eval.classifiers import load_evaluator
+from govlab.eval.scores import score_model
+from govlab.hooks import Hook
+from govlab.io import write_json
+from govlab.report import save_sample_grids, write_report
+from govlab.train import Trainer, clear_run
+
+
+def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: list[Hook] = (),
+              progress: bool = True) -> dict:
+    """Train, evaluate and report; returns a summary with the run directory and scores."""
+    out = Path(out)
+    if not resume:
+        clear_run(out)
+    dataset = run_dataset(cfg, progress=progress)
+    trainer = Trainer(cfg, dataset, out, hooks=list(hooks), progress=progress).fit(resume=resume)
+    evaluator, acc = load_evaluator(cfg.model.image_size, progress=progress)
+    e = cfg.eval
+    scores, images, probes = score_model(trainer.model, dataset.sources, per_prompt=e.per_prompt,
+                                         steps=e.steps, guidance=e.guidance, seed=cfg.train.seed)
+    grids = save_sample_grids(images, probes, out)
+    write_json(out / "scores.json", {"scores": scores, "evaluator_accuracy": acc})
+    report = write_report(out, cfg=cfg, scores=scores, evaluator_acc=acc,
+                          train_seconds=trainer.seconds, n_records=len(dataset), grids=grids)
+    return {"run": str(out), "report": str(report), "steps": trainer.step,
+            "train_seconds": round(trainer.seconds, 2), **{k: v for k, v in scores.items()
+                                                           if not isinstance(v, dict)}}
+
+
+def read_scores(run: str | Path) -> dict:
+    return json.loads((Path(run) / "scores.json").read_text())

@@ -1,0 +1,199 @@
+"""The governed training loop: one plain diffusion training step with hook points.
+
+Governance parts (routing, memorization monitor, provenance index) are hooks; with no hooks this
+is a minimal text-to-image diffusion training loop.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from govlab.checkpoint import load_state, save_state
+from govlab.config import RunConfig, to_yaml
+from govlab.data.dataset import Dataset
+from govlab.errors import GovlabError
+from govlab.hooks import EventLog, Hook, StepContext
+from govlab.io import write_text
+from govlab.models.diffusion import TextToImage, to_float
+from govlab.models.text import CaptionTokenizer
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+class EpochSampler:
+    """Shuffled batches, a fresh permutation per epoch from (seed, epoch); samples can be dropped."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if batch_size > n:
+            raise GovlabError(f"batch_size {batch_size} is larger than the dataset ({n} records)")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.pos, self.excluded = 0, 0, set()
+        self._order = self._permutation()
+
+    def _permutation(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)
+        if self.excluded:
+            order = order[~torch.isin(order, torch.tensor(sorted(self.excluded)))]
+        return order
+
+    def exclude(self, indices) -> None:
+        """Drop these dataset rows from the next epoch on."""
+        self.excluded.update(int(i) for i in indices)
+
+    def next_batch(self) -> torch.Tensor:
+        if self.pos + self.batch_size > len(self._order):
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._order = self._permutation()
+            if len(self._order) < self.batch_size:
+                raise GovlabError("too few samples left for one batch after exclusions")
+        batch = self._order[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "excluded": sorted(self.excluded)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos, self.excluded = state["epoch"], state["pos"], set(state["excluded"])
+        self._order = self._permutation()
+
+
+def build_model(cfg: RunConfig, dataset: Dataset) -> TextToImage:
+    torch.manual_seed(cfg.train.seed)
+    tokenizer = CaptionTokenizer.from_captions([r["caption"] for r in dataset.records], cfg.model.max_length)
+    return TextToImage(cfg.model, tokenizer)
+
+
+class Trainer:
+    """Owns the model, optimizer, data order and RNG of a run; ``fit`` runs the loop."""
+
+    def __init__(self, cfg: RunConfig, dataset: Dataset, out: str | Path, *,
+                 hooks: list[Hook] = (), model: TextToImage | None = None, progress: bool = True):
+        self.cfg, self.dataset, self.out = cfg, dataset, Path(out)
+        self.hooks, self.progress = list(hooks), progress
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.model = model if model is not None else build_model(cfg, dataset)
+        t = cfg.train
+        self.optimizer = self.make_optimizer()
+        self.lr_scheduler = get_scheduler("constant_with_warmup", self.optimizer,
+                                          num_warmup_steps=t.warmup_steps)
+        self.sampler = EpochSampler(len(dataset), t.batch_size, t.seed)
+        self.rng = torch.Generator().manual_seed(t.seed + 1)
+        self.step = 0
+        self.images = to_float(dataset.images)
+        self.tokens = self.model.tokenizer([r["caption"] for r in dataset.records])
+        self.null_tokens = self.model.tokenizer([""])[0]
+        self.events = EventLog(self.out / "events.jsonl")
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over all parameters; hooks such as routing may replace it in ``on_start``."""
+        t = self.cfg.train
+        return torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+    # -- one step ------------------------------------------------------------------------------
+    def make_context(self) -> StepContext:
+        idx = self.sampler.next_batch()
+        b, s = len(idx), self.cfg.model.image_size
+        tokens = self.tokens[idx].clone()
+        drop = torch.rand(b, generator=self.rng) < self.cfg.train.caption_dropout
+        tokens[drop] = self.null_tokens
+        noise = torch.randn(b, 3, s, s, generator=self.rng)
+        timesteps = torch.randint(0, self.model.noise_scheduler.config.num_train_timesteps, (b,),
+                                  generator=self.rng)
+        return StepContext(step=self.step, indices=idx, records=[self.dataset.records[i] for i in idx],
+                           x0=self.images[idx], tokens=tokens, noise=noise, timesteps=timesteps,
+                           weights=torch.ones(b), trainer=self)
+
+    def train_step(self, ctx: StepContext) -> float:
+        for h in self.hooks:
+            h.before_forward(ctx)
+        ctx.per_sample_loss = self.model(ctx.x0, ctx.tokens, ctx.noise, ctx.timesteps)
+        for h in self.hooks:
+            h.before_backward(ctx)
+        ctx.loss = (ctx.per_sample_loss * ctx.weights).mean()
+        ctx.loss.backward()
+        for h in self.hooks:
+            h.after_backward(ctx)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        for h in self.hooks:
+            h.after_step(ctx)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return ctx.loss.item()
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step, "config_hash": self.cfg.hash(),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+            "rng": self.rng.get_state(), "hooks": [h.state_dict() for h in self.hooks],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["config_hash"] != self.cfg.hash():
+            raise GovlabError(f"{self.out / CHECKPOINT}: written by a different config "
+                              f"({state['config_hash']} != {self.cfg.hash()}); cannot resume")
+        if len(state["hooks"]) != len(self.hooks):
+            raise GovlabError(f"{self.out / CHECKPOINT}: saved with {len(state['hooks'])} governance "
+                              f"hooks, this run has {len(self.hooks)}; cannot resume")
+        self.step = state["step"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.rng.set_state(state["rng"])
+        for h, s in zip(self.hooks, state["hooks"]):
+            h.load_state_dict(s)
+
+    def checkpoint(self) -> None:
+        save_state(self.out / CHECKPOINT, self.state_dict())
+        for h in self.hooks:
+            h.on_checkpoint(self, self.step)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, *, resume: bool = False, until: int | None = None) -> "Trainer":
+        """Train to ``cfg.train.steps`` (or ``until``), checkpointing every ``checkpoint_every`` steps."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load_state_dict(load_state(self.out / CHECKPOINT))
+            self.events.truncate_after(self.step - 1)
+        else:
+            self.events.path.unlink(missing_ok=True)
+        write_text(self.out / "config.yaml", to_yaml(self.cfg))
+        for h in self.hooks:
+            h.on_start(self)
+        end = min(until or self.cfg.train.steps, self.cfg.train.steps)
+        bar = tqdm(total=end, initial=self.step, desc=f"train {self.cfg.name}", disable=not self.progress)
+        self.model.train()
+        start = time.perf_counter()
+        while self.step < end:
+            loss = self.train_step(self.make_context())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if self.step % self.cfg.train.checkpoint_every == 0 or self.step == end:
+                self.checkpoint()
+        bar.close()
+        self.seconds = time.perf_counter() - start
+        if self.step == self.cfg.train.steps:
+            self.model.save(self.out / "model.safetensors")
+            for h in self.hooks:
+                h.on_end(self)
+        return self
+
+
+def clear_run(out: Path) -> None:
+    """Remove a previous run's artifacts before a fresh (non-resumed) run writes there."""
+    if out.exists() and not (out / "config.yaml").is_file() and any(out.iterdir()):
+        raise GovlabError(f"{out}: exists and is not a govlab run directory; refusing to overwrite")
+    if out.exists():
+        shutil.rmtree(out)
