@@ -1,0 +1,22 @@
+# Two entry points for a fresh machine: `make demo` (the main job) and `make test` (the suite).
+# Both install what they need into .venv/. constraints.txt pins torch so that a CPU machine
+# takes the CPU wheel and never downloads CUDA builds (see README for GPU machines).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.govlab-installed
+
+.PHONY: install demo test chromium
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -c constraints.txt torch==2.13.0
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/govlab train --preset demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q

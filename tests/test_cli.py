@@ -1,0 +1,73 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GOVLAB = [str(Path(sys.executable).parent / "govlab")]
+
+
+def govlab(*args, cwd=None):
+    return subprocess.run(GOVLAB + list(args), capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    proc = govlab("train", "--preset", "smoke", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return out, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_train_smoke_end_to_end(smoke_run):
+    out, result = smoke_run
+    for name in ("config.yaml", "model.safetensors", "report.md", "samples/artist_0.png", "scores.json"):
+        assert (out / name).is_file(), name
+    assert result["run"] == str(out) and result["steps"] == 30
+    assert 0 <= result["style_acc"] <= 1 and "shape_acc" in result
+    assert "style_acc" in (out / "report.md").read_text()
+
+
+def test_sample_writes_a_png(smoke_run, tmp_path):
+    out, _ = smoke_run
+    proc = govlab("sample", str(out), "--prompt", "a red circle center, by artist 1", "-n", "3",
+                  "--out", str(tmp_path / "s.png"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1])["n"] == 3
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    (["sample", "/nonexistent", "--prompt", "x"], "not a govlab run directory"),
+    (["bench", "nope"], "unknown benchmark 'nope'"),
+])
+def test_user_errors_are_one_line(args, message, tmp_path):
+    proc = govlab(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bad_config_file_names_the_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: {stepz: 3}\n")
+    proc = govlab("train", "--config", str(cfg), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "unknown key 'stepz'" in proc.stderr and str(cfg) in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    proc = govlab("train", "--preset", "smoke", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "not a govlab run directory" in proc.stderr
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_bench_train_quick_json():
+    proc = govlab("bench", "train", "--quick", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) >= {"step_s", "plain_step_s", "ratio"}
+    assert result["ratio"] == pytest.approx(result["step_s"] / result["plain_step_s"], rel=1e-2)
