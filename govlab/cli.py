@@ -84,9 +84,24 @@ def world(out: Path, preset: str = typer.Option("demo", help="Preset whose world
 
 
 @app.command()
+def attenuate(run: Path, source: str = typer.Option(..., help="Source whose slot to scale."),
+              factor: float = typer.Option(..., help="Scale of the slot's output; 0 removes it."),
+              out: Path = typer.Option(..., help="New run directory to write."),
+              as_json: bool = JSON):
+    """Scale one source's routing slot and write a new run with a report of the effect."""
+    from govlab.routing.attenuate import attenuate_run
+
+    result = attenuate_run(run_dir(run), source, factor, out, progress=not as_json)
+    b, a = result["before"], result["after"]
+    emit(result, as_json, f"run directory: {result['run']}\nreport: {Path(result['run']) / 'report.md'}\n"
+         f"{source} style_acc {b['style_acc_source']} -> {a['style_acc_source']}; "
+         f"others {b['style_acc_others']} -> {a['style_acc_others']} (chance {a['chance_style']})")
+
+
+@app.command()
 def bench(name: str, quick: bool = typer.Option(False, help="Small sizes for a quick check."),
           as_json: bool = JSON):
-    """Run a benchmark (train) and print its figures."""
+    """Run a benchmark (train, routing) and print its figures."""
     from govlab.bench import BENCHMARKS
 
     if name not in BENCHMARKS:

@@ -13,6 +13,7 @@ from govlab.data.world import WorldConfig
 from govlab.errors import GovlabError
 from govlab.io import sha256_json
 from govlab.models.unet import ModelConfig
+from govlab.routing.config import RoutingConfig
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +59,8 @@ class RunConfig:
         return sha256_json(self.to_dict())[:16]
 
 
-SECTIONS = {"world": WorldConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+SECTIONS = {"world": WorldConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
+            "routing": RoutingConfig}
 
 
 def _build(cls, values: dict, where: str):

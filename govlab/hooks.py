@@ -31,6 +31,10 @@ class StepContext:
 class Hook:
     """Base class: override the points you need. State saves and resumes with the checkpoint."""
 
+    def on_build(self, trainer) -> "torch.optim.Optimizer | None":
+        """Called once the model exists and before the optimizer is built: a hook may add modules to
+        ``trainer.model`` and may return the optimizer to use instead of AdamW (routing does both)."""
+
     def on_start(self, trainer) -> None: ...
     def before_forward(self, ctx: StepContext) -> None: ...
     def before_backward(self, ctx: StepContext) -> None: ...

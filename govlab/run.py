@@ -12,6 +12,7 @@ from govlab.eval.scores import score_model
 from govlab.hooks import Hook
 from govlab.io import write_json
 from govlab.report import save_sample_grids, write_report
+from govlab.routing.hook import attach
 from govlab.train import Trainer, clear_run
 
 
@@ -22,10 +23,12 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: l
     if not resume:
         clear_run(out)
     dataset = run_dataset(cfg, progress=progress)
-    trainer = Trainer(cfg, dataset, out, hooks=list(hooks), progress=progress).fit(resume=resume)
+    sources = dataset.sources  # scored on every source, also those rejected at ingestion
+    dataset, routing_hooks = attach(cfg, dataset)
+    trainer = Trainer(cfg, dataset, out, hooks=[*routing_hooks, *hooks], progress=progress).fit(resume=resume)
     evaluator, acc = load_evaluator(cfg.model.image_size, progress=progress)
     e = cfg.eval
-    scores, images, probes = score_model(trainer.model, dataset.sources, per_prompt=e.per_prompt,
+    scores, images, probes = score_model(trainer.model, sources, per_prompt=e.per_prompt,
                                          steps=e.steps, guidance=e.guidance, seed=cfg.train.seed)
     grids = save_sample_grids(images, probes, out)
     write_json(out / "scores.json", {"scores": scores, "evaluator_accuracy": acc})

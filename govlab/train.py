@@ -82,7 +82,10 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         self.model = model if model is not None else build_model(cfg, dataset)
         t = cfg.train
-        self.optimizer = self.make_optimizer()
+        supplied = [opt for h in self.hooks if (opt := h.on_build(self)) is not None]
+        if len(supplied) > 1:
+            raise GovlabError("more than one governance hook supplies the optimizer")
+        self.optimizer = supplied[0] if supplied else self.make_optimizer()
         self.lr_scheduler = get_scheduler("constant_with_warmup", self.optimizer,
                                           num_warmup_steps=t.warmup_steps)
         self.sampler = EpochSampler(len(dataset), t.batch_size, t.seed)
@@ -94,7 +97,7 @@ class Trainer:
         self.events = EventLog(self.out / "events.jsonl")
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW over all parameters; hooks such as routing may replace it in ``on_start``."""
+        """AdamW over all parameters (unless a hook supplies the optimizer in ``on_build``)."""
         t = self.cfg.train
         return torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 

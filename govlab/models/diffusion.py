@@ -54,7 +54,10 @@ class TextToImage(nn.Module):
         return torch.cat(out) if out else torch.zeros(0, 3, s, s, dtype=torch.uint8)
 
     def _sample(self, prompts, x, steps, guidance):
-        sched = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config)
+        # The cosine schedule has alpha_bar(999) ~ 2e-9, so the first x0 prediction divides by ~5e-5;
+        # without clipping x0 to the data range every sample saturates to 0/255 pixels.
+        sched = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config, thresholding=True,
+                                                        sample_max_value=1.0)
         sched.set_timesteps(steps)
         cond = self.text(self.tokenizer(list(prompts)))
         uncond = self.text(self.tokenizer([""] * len(prompts)))
@@ -67,7 +70,10 @@ class TextToImage(nn.Module):
 
     # -- weights -------------------------------------------------------------------------------
     def metadata(self) -> dict:
-        return {"model_config": asdict(self.cfg), "vocab": self.tokenizer.vocab}
+        meta = {"model_config": asdict(self.cfg), "vocab": self.tokenizer.vocab}
+        if getattr(self, "expansions", None):  # modules added by governance (routing slots)
+            meta["expansions"] = self.expansions
+        return meta
 
     def save(self, path: str | Path) -> None:
         """Write weights as safetensors (atomically) with config and vocabulary in the header."""
@@ -94,7 +100,12 @@ class TextToImage(nn.Module):
 def from_metadata(meta: dict) -> TextToImage:
     cfg = meta["model_config"]
     cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    return TextToImage(cfg, CaptionTokenizer(meta["vocab"], cfg.max_length))
+    model = TextToImage(cfg, CaptionTokenizer(meta["vocab"], cfg.max_length))
+    if meta.get("expansions"):
+        from govlab.routing.slots import restore
+
+        restore(model, meta["expansions"])
+    return model
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

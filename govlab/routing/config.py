@@ -1,0 +1,68 @@
+"""The ``routing`` section of a run config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from govlab.routing.bands import KV
+
+MODES = ("off", "routed", "unrouted")
+IDENTITY_MODES = ("sequester", "reject")
+
+
+def default_bands() -> dict:
+    return {"outer": "preset", "middle": "preset", "cross_attention": "preset"}
+
+
+def default_policy() -> dict:
+    return {"style": ["slot"], "semantics": ["outer", "middle"], "composition": ["outer", "middle"],
+            "identity": ["identity"], "watermark": ["watermark"]}
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """Depth-selective gradient routing (``mode: routed``); off by default.
+
+    Each sample's categories decide which bands of the model its gradient may change; a sample
+    with several categories reaches the union of their bands, and the shared trunk (every parameter
+    outside all bands: time embedding, caption encoder) gets every sample that is not sequestered.
+    The default policy for the embedded world:
+
+    - ``style`` -> ``slot``: the style band is ``cross_attention`` (the key/value projections through
+      which the caption enters the UNet). Every source with style samples owns a low-rank slot
+      there (expand-route-ablate, Cloud et al. 2024); a style sample reaches only its own source's
+      slot in that band, never its base weights nor another source's slot. Scaling a slot
+      (``govlab attenuate``) scales that source's influence; 0 removes it.
+    - ``semantics``, ``composition`` -> ``outer`` and ``middle``: shapes, colours and layout are
+      learnt in the generalization bands at every depth, shared by all sources.
+    - ``identity`` and ``watermark`` are sequestered: such samples change only their own dedicated
+      adapter band (``identity``/``watermark``: low-rank adapters on ``sequester_targets``) and nothing
+      else, not even the trunk, so the band can be dropped at release. ``identity: reject`` instead
+      refuses identity samples at ingestion (logged to events.jsonl with file and reason).
+
+    ``mode: unrouted`` builds the same expanded model (slots, adapters) but trains it with plain
+    gradients and AdamW: the baseline that shows what routing buys.
+    """
+
+    mode: str = "off"  # off | routed | unrouted
+    bands: dict = field(default_factory=default_bands)  # name -> "preset" | [name patterns]
+    policy: dict = field(default_factory=default_policy)  # category -> [band | "slot"]
+    sequestered: tuple[str, ...] = ("identity", "watermark")  # categories whose samples reach only their own bands
+    identity: str = "sequester"  # sequester | reject
+    style_category: str = "style"
+    style_band: str = "cross_attention"  # where per-source slots sit
+    slot_rank: int = 4  # 0: no per-source slots
+    slot_sources: tuple[str, ...] = ()  # () = every source with style samples
+    sequester_rank: int = 4
+    sequester_targets: tuple[str, ...] = (*KV, "unet.up_blocks.*.resnets.*.conv2")
+    move_unrouted: bool = False  # True: parameters with no routed gradient still take AdamW's step
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.identity not in IDENTITY_MODES:
+            raise ValueError(f"identity must be one of {', '.join(IDENTITY_MODES)}, got {self.identity!r}")
+        if self.slot_rank < 0 or self.sequester_rank < 1:
+            raise ValueError("slot_rank must be >= 0 and sequester_rank >= 1")
+        if not isinstance(self.bands, dict) or not isinstance(self.policy, dict):
+            raise ValueError("bands and policy must be mappings")

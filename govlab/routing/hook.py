@@ -1,0 +1,128 @@
+"""Routing as a plug-in of the training loop: expansion, the router, RoutedAdamW, ingestion rejection."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from torch import nn
+
+from govlab.data.dataset import Dataset
+from govlab.hooks import Hook
+from govlab.io import write_json
+from govlab.routing.bands import assign, make_bands
+from govlab.routing.config import RoutingConfig
+from govlab.routing.optim import RoutedAdamW
+from govlab.routing.policy import RoutingPolicy
+from govlab.routing.router import Router
+from govlab.routing.slots import SLOTS_ATTR, banks, expand, plan_slots
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+def slot_sources(cfg: RoutingConfig, records: list[dict]) -> list[str]:
+    if not cfg.slot_rank:
+        return []
+    return list(cfg.slot_sources) or sorted({r["source_id"] for r in records if cfg.style_category in r["categories"]})
+
+
+def slot_bands(model: nn.Module) -> dict[str, str]:
+    """Band of every slot parameter."""
+    out = {}
+    for bank in banks(model):
+        prefix = f"{SLOTS_ATTR}.{_key(bank.target_name)}"
+        for name, _, band in bank.slots:
+            out[f"{prefix}.down.{_key(name)}"] = band
+            out[f"{prefix}.up.{_key(name)}"] = band
+    return out
+
+
+def prepare(model: nn.Module, cfg: RoutingConfig, records: list[dict]) -> Router:
+    """Resolve bands and policy (one clear error per mistake), expand the model with slots and
+    adapters, and return the (not yet installed) router."""
+    levels = len(model.cfg.channels)
+    bands = make_bands(cfg.bands, levels)
+    base = [n for n, _ in model.named_parameters() if not n.startswith(SLOTS_ATTR + ".")]
+    band_of = assign(base, bands)
+    sources = slot_sources(cfg, records)
+    adapters = [c for c in cfg.sequestered if not (c == "identity" and cfg.identity == "reject")]
+    policy = RoutingPolicy({k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in cfg.policy.items()},
+                           tuple(cfg.sequestered), cfg.style_category, cfg.style_band if sources else None)
+    policy.validate({b.name for b in bands} | set(cfg.sequestered), slots=bool(cfg.slot_rank))
+    if not hasattr(model, SLOTS_ATTR):
+        expand(model, plan_slots(model, band_of, style_band=cfg.style_band, sources=sources,
+                                 slot_rank=cfg.slot_rank, sequestered=adapters, sequester_rank=cfg.sequester_rank,
+                                 sequester_targets=tuple(cfg.sequester_targets)))
+    band_of.update(slot_bands(model))
+    return Router(model, band_of, policy, sources)
+
+
+def ingest(cfg: RoutingConfig, dataset: Dataset) -> tuple[Dataset, list[dict]]:
+    """Reject-at-ingestion: drop identity samples when ``identity: reject``; returns the rejections."""
+    if cfg.mode == "off" or cfg.identity != "reject":
+        return dataset, []
+    keep = [i for i, r in enumerate(dataset.records) if "identity" not in r["categories"]]
+    rejected = [{"file": r["file_name"], "source_id": r["source_id"],
+                 "reason": "identity category (routing.identity: reject)"}
+                for r in dataset.records if "identity" in r["categories"]]
+    return (dataset.subset(keep) if rejected else dataset), rejected
+
+
+class RoutingHook(Hook):
+    """Expands the model, installs the router and supplies RoutedAdamW (``mode: routed``), or only
+    expands it (``mode: unrouted``, the baseline)."""
+
+    def __init__(self, cfg: RoutingConfig, rejected: list[dict] = ()):
+        self.cfg, self.rejected = cfg, list(rejected)
+        self.router, self.samples = None, {}
+
+    def on_build(self, trainer):
+        self.router = prepare(trainer.model, self.cfg, trainer.dataset.records)
+        if self.cfg.mode != "routed":
+            return None
+        self.router.install()
+        self.table = self.router.table(trainer.dataset.records)
+        t = trainer.cfg.train
+        return RoutedAdamW(trainer.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, router=self.router,
+                           move_unrouted=self.cfg.move_unrouted)
+
+    def on_start(self, trainer):
+        if trainer.step == 0:
+            for r in self.rejected:
+                trainer.events.write("ingestion_rejected", step=0, **r)
+
+    def before_forward(self, ctx):
+        if self.cfg.mode == "routed":
+            self.router.route(table=self.table[ctx.indices])
+
+    def after_step(self, ctx):
+        if self.cfg.mode == "routed":
+            for b, n in self.router.band_counts().items():
+                self.samples[b] = self.samples.get(b, 0) + n
+            self.router.clear()
+
+    def on_end(self, trainer):
+        write_json(trainer.out / "routing.json", self.summary())
+
+    def summary(self) -> dict:
+        r = self.router
+        params = {b: sum(p.numel() for p in r.params_of[b]) for b in r.bands}
+        return {"mode": self.cfg.mode, "config": asdict(self.cfg), "bands": r.bands,
+                "parameters_per_band": params, "samples_per_band": dict(self.samples),
+                "slot_sources": sorted(r.slot_sources), "rejected_at_ingestion": len(self.rejected),
+                "band_of": r.band_of}
+
+    def state_dict(self) -> dict:
+        return {"samples": dict(self.samples)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.samples = dict(state["samples"])
+
+
+def attach(cfg, dataset: Dataset) -> tuple[Dataset, list[Hook]]:
+    """For a run config: the dataset after ingestion and the routing hooks (none when routing is off)."""
+    if cfg.routing.mode == "off":
+        return dataset, []
+    dataset, rejected = ingest(cfg.routing, dataset)
+    return dataset, [RoutingHook(cfg.routing, rejected)]

@@ -1,0 +1,215 @@
+"""The router: exact per-sample gradient routing in one backward pass.
+
+``Router.install`` replaces the forward of every module that owns parameters by a masked version:
+the forward value is unchanged, the input gradient is the ordinary one, and the parameter gradient
+is taken over the samples whose allowed bands include the module's band (``ops``). A module with
+no masked op (``MultiheadAttention``, a module owning a bare ``nn.Parameter``) is routed as one unit
+by batch splitting: allowed samples run with its parameters, the others with detached copies.
+Per step, ``route`` sets a 0/1 table (samples x bands); with no table set, or with gradients off,
+every module runs its own forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from govlab.errors import GovlabError
+from govlab.routing import ops
+from govlab.routing.bands import TRUNK
+from govlab.routing.policy import RoutingPolicy
+from govlab.routing.slots import SLOTS_ATTR, SlotBank, banks
+
+
+class Router:
+    """Routes each sample's gradient to the bands its categories allow."""
+
+    def __init__(self, model: nn.Module, band_of: dict[str, str], policy: RoutingPolicy,
+                 slot_sources=()):
+        self.model, self.policy, self.slot_sources = model, policy, frozenset(slot_sources)
+        self.band_of = dict(band_of)
+        names = dict(model.named_parameters())
+        missing = set(names) - set(self.band_of)
+        if missing:
+            raise GovlabError(f"routing: parameters with no band: {sorted(missing)[:3]}")
+        self.bands = sorted(set(self.band_of.values()) | {TRUNK})
+        self.index = {b: i for i, b in enumerate(self.bands)}
+        self.params_of = {b: [names[n] for n, bb in self.band_of.items() if bb == b] for b in self.bands}
+        self.units = self._units()
+        self._bank_bands = {id(bk): torch.tensor([self.index[b] for _, _, b in bk.slots]) for bk in banks(model)}
+        self._installed, self._bypass = [], False
+        self._key_cache: dict = {}
+        self.clear()
+
+    # -- which module routes which parameters -----------------------------------------------------
+    def _units(self) -> list[tuple[str, nn.Module, object, int]]:
+        """(name, module, masked op or None for batch splitting, band index) covering every parameter
+        outside slot banks exactly once."""
+        modules = dict(self.model.named_modules())
+        owners = {}
+        for name, m in modules.items():
+            if isinstance(m, SlotBank) or name == SLOTS_ATTR or name.startswith(SLOTS_ATTR + "."):
+                continue
+            direct = [f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)]
+            if direct:
+                owners[name] = direct
+
+        def subtree_bands(name):
+            prefix = f"{name}." if name else ""
+            return {b for n, b in self.band_of.items() if n.startswith(prefix) and not n.startswith(SLOTS_ATTR + ".")}
+
+        split, leaves = set(), {}
+        for name, direct in owners.items():
+            m = modules[name]
+            fn = ops.masked_forward(m)
+            if fn is not None:
+                bands = {self.band_of[p] for p in direct}
+                if len(bands) > 1:
+                    raise GovlabError(f"routing: the parameters of {name!r} fall in bands {sorted(bands)}; "
+                                      "a band must hold whole layers")
+                leaves[name] = (fn, bands.pop())
+                continue
+            unit = name  # smallest enclosing module whose parameters share one band
+            while len(subtree_bands(unit)) > 1:
+                if not unit:
+                    raise GovlabError(f"routing: cannot route {name!r} ({type(m).__name__}): its parameters "
+                                      "are used outside a routable layer and no enclosing module is in one band")
+                unit = unit.rpartition(".")[0]
+            split.add(unit)
+
+        def covered(name):
+            return any(name == u or name.startswith(u + ".") or u == "" for u in split)
+
+        outer_split = {u for u in split if not any(v != u and (v == "" or u.startswith(v + ".")) for v in split)}
+        units = [(u, modules[u], None, self.index[subtree_bands(u).pop()]) for u in sorted(outer_split)]
+        units += [(n, modules[n], fn, self.index[b]) for n, (fn, b) in leaves.items() if not covered(n)]
+        return units
+
+    # -- install / remove -------------------------------------------------------------------------
+    def install(self) -> "Router":
+        if self._installed:
+            return self
+        for name, m, fn, b in self.units:
+            orig = m.forward
+            m.forward = self._leaf_forward(m, fn, b, orig) if fn else self._split_forward(m, b, orig)
+            self._installed.append(m)
+        for bank in banks(self.model):
+            bank.router = self
+        return self
+
+    def remove(self) -> None:
+        for m in self._installed:
+            del m.forward
+        self._installed = []
+        for bank in banks(self.model):
+            bank.router = None
+
+    def __enter__(self):
+        return self.install()
+
+    def __exit__(self, *exc):
+        self.remove()
+
+    def _active(self, x) -> bool:
+        if self._table is None or self._bypass or not torch.is_grad_enabled():
+            return False
+        if x.shape[0] != self._b:
+            raise RuntimeError(f"routing: a routed module saw batch {x.shape[0]}, routed batch is {self._b}")
+        return True
+
+    def _leaf_forward(self, m, fn, b, orig):
+        def forward(x, *rest, **kw):
+            if rest or kw or not self._active(x):
+                return orig(x, *rest, **kw)
+            n = self._count[b]
+            if n == self._b:
+                return orig(x)
+            return fn(m, x, self._cols[b] if n else None, live=n > 0)
+        return forward
+
+    def _split_forward(self, m, b, orig):
+        params = dict(m.named_parameters())
+
+        def detached(*args, **kw):
+            self._bypass = True
+            try:
+                return torch.func.functional_call(m, {k: p.detach() for k, p in params.items()}, args, kw,
+                                                  strict=True, tie_weights=False)
+            finally:
+                self._bypass = False
+
+        def forward(*args, **kw):
+            lead = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            if self._bypass or lead is None or not self._active(lead):
+                return orig(*args, **kw)
+            n = self._count[b]
+            if n == self._b:
+                return orig(*args, **kw)
+            if n == 0:
+                return detached(*args, **kw)
+            keep = self._cols[b] > 0
+            a, d = keep.nonzero().squeeze(1), (~keep).nonzero().squeeze(1)
+
+            def pick(idx):
+                return ([t[idx] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == self._b else t
+                         for t in args],
+                        {k: t[idx] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == self._b else t
+                         for k, t in kw.items()})
+            (aa, ak), (da, dk) = pick(a), pick(d)
+            out_a, out_d = orig(*aa, **ak), detached(*da, **dk)
+            if not isinstance(out_a, torch.Tensor):
+                raise GovlabError(f"routing: cannot batch-split {type(m).__name__}: its output is not a tensor")
+            return torch.cat([out_a, out_d])[torch.argsort(torch.cat([a, d]))]
+        return forward
+
+    # -- per step -----------------------------------------------------------------------------------
+    def allowed(self, categories, source: str) -> frozenset[str]:
+        key = (tuple(categories), source)
+        if key not in self._key_cache:
+            self._key_cache[key] = self.policy.allowed(categories, source, self.slot_sources)
+        return self._key_cache[key]
+
+    def table(self, records: list[dict]) -> torch.Tensor:
+        """0/1 (samples x bands): may sample i change band j."""
+        t = torch.zeros(len(records), len(self.bands), dtype=torch.bool)
+        for i, r in enumerate(records):
+            for b in self.allowed(r["categories"], r["source_id"]):
+                if b in self.index:
+                    t[i, self.index[b]] = True
+        return t
+
+    def route(self, records: list[dict] | None = None, *, table: torch.Tensor | None = None) -> None:
+        """Set the routing of the next forward/backward: from records, or rows of a ``table``."""
+        t = self.table(records) if table is None else table
+        dtype = next(self.model.parameters()).dtype
+        self._table = t
+        self._b = t.shape[0]
+        self._count = t.sum(0).tolist()
+        self._cols = t.t().to(dtype).contiguous()
+
+    def clear(self) -> None:
+        self._table, self._b, self._count, self._cols = None, 0, None, None
+
+    @property
+    def active(self) -> bool:
+        return self._table is not None
+
+    def bank_masks(self, bank: SlotBank, x: torch.Tensor):
+        """(column mask or None, live flag per slot) of one slot bank, or None when not routing."""
+        if not self._active(x):
+            return None
+        idx = self._bank_bands[id(bank)]
+        counts = [self._count[i] for i in idx.tolist()]
+        live = [c > 0 for c in counts]
+        if all(c == self._b for c in counts):
+            return None, live
+        return self._cols[idx][bank.col_slot].t().contiguous(), live
+
+    def idle_parameters(self) -> list[torch.Tensor]:
+        """Parameters of bands no sample of the routed batch may change."""
+        if self._count is None:
+            return []
+        return [p for b in self.bands if self._count[self.index[b]] == 0 for p in self.params_of[b]]
+
+    def band_counts(self) -> dict[str, int]:
+        return {b: int(self._count[i]) for b, i in self.index.items()} if self._count else {}

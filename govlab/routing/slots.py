@@ -1,0 +1,171 @@
+"""Expansion: low-rank slots beside chosen layers (per-source style slots, sequestered adapters).
+
+A ``SlotBank`` sits beside one Linear or Conv2d layer and adds ``up(down(x))`` to its output, one
+low-rank pair per slot (LoRA shape: ``down`` random, ``up`` zero, so a fresh slot changes nothing).
+All slots of a bank run as one concatenated pair of ops. Each slot is its own band
+(``slot:<source>``, ``identity``, ``watermark``), so routing can send a sample to its slot only;
+scaling a slot's ``up`` weights scales its contribution and 0 removes it.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from govlab.errors import GovlabError
+from govlab.routing import ops
+
+SLOTS_ATTR = "slots"
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class SlotBank(nn.Module):
+    """Low-rank adapters beside one layer; ``slots`` is ``[(name, rank, band), ...]``."""
+
+    def __init__(self, target_name: str, target: nn.Module, slots: list[tuple[str, int, str]]):
+        super().__init__()
+        w = target.weight
+        if type(target) is nn.Linear:
+            self.kind, fan_in, out = "linear", target.in_features, target.out_features
+        elif type(target) is nn.Conv2d and target.groups == 1 and not isinstance(target.padding, str):
+            self.kind, out = "conv", target.out_channels
+            fan_in = target.in_channels * math.prod(target.kernel_size)
+            self.geometry = (list(target.stride), list(target.padding), list(target.dilation))
+        else:
+            raise GovlabError(f"routing: cannot attach slots to {target_name!r} ({type(target).__name__}); "
+                              "slots go beside Linear or Conv2d layers")
+        self.target_name = target_name
+        self.slots = [(str(n), int(r), str(b)) for n, r, b in slots]
+        self.down, self.up = nn.ParameterDict(), nn.ParameterDict()
+        for name, rank, _ in self.slots:
+            g = torch.Generator().manual_seed(zlib.crc32(f"{target_name}/{name}".encode()))
+            if self.kind == "linear":
+                shape_d, shape_u = (rank, fan_in), (out, rank)
+            else:
+                shape_d, shape_u = (rank, target.in_channels, *target.kernel_size), (out, rank, 1, 1)
+            bound = 1 / math.sqrt(fan_in)
+            down = (torch.rand(shape_d, generator=g) * 2 - 1) * bound
+            self.down[_key(name)] = nn.Parameter(down.to(w.dtype).to(w.device))
+            self.up[_key(name)] = nn.Parameter(torch.zeros(shape_u, dtype=w.dtype, device=w.device))
+        self.register_buffer("col_slot", torch.cat([torch.full((r,), i) for i, (_, r, _) in
+                                                    enumerate(self.slots)]), persistent=False)
+        self.router = None  # set while a Router is installed
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _, _ in self.slots]
+
+    def _op(self, x, weight, gmask=None, xmask=None, geometry=True):
+        if self.kind == "linear":
+            if gmask is None and xmask is None:
+                return F.linear(x, weight)
+            return ops.MaskedLinear.apply(x, weight, None, gmask, xmask)
+        stride, padding, dilation = self.geometry if geometry else ([1, 1], [0, 0], [1, 1])
+        if gmask is None and xmask is None:
+            return F.conv2d(x, weight, None, stride, padding, dilation)
+        return ops.MaskedConv2d.apply(x, weight, None, gmask, xmask, stride, padding, dilation, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keys = [_key(n) for n in self.names]
+        masks = self.router.bank_masks(self, x) if self.router is not None else None
+        if masks is None:  # no routing this call: plain LoRA
+            down = torch.cat([self.down[k] for k in keys])
+            up = torch.cat([self.up[k] for k in keys], dim=1)
+            return self._op(self._op(x, down), up, geometry=False)
+        cols, live = masks  # cols: (B, total rank) 0/1 or None when every slot sees every sample
+        down = torch.cat([self.down[k] if on else self.down[k].detach() for k, on in zip(keys, live)])
+        up = torch.cat([self.up[k] if on else self.up[k].detach() for k, on in zip(keys, live)], dim=1)
+        if cols is None:
+            return self._op(self._op(x, down), up, geometry=False)
+        h = self._op(x, down, gmask=cols)
+        return self._op(h, up, xmask=cols, geometry=False)
+
+
+def _add_bank(bank: SlotBank):
+    def hook(module, args, output):
+        return output + bank(args[0])
+    return hook
+
+
+def banks(model: nn.Module) -> list[SlotBank]:
+    return list(getattr(model, SLOTS_ATTR, {}).values()) if hasattr(model, SLOTS_ATTR) else []
+
+
+def expand(model: nn.Module, plan: dict[str, list[tuple[str, int, str]]]) -> None:
+    """Attach slot banks, ``{target module name: [(slot, rank, band), ...]}``; recorded in the model's
+    ``expansions`` so that a saved model reloads with the same slots."""
+    if not plan:
+        return
+    if not hasattr(model, SLOTS_ATTR):
+        setattr(model, SLOTS_ATTR, nn.ModuleDict())
+    container = getattr(model, SLOTS_ATTR)
+    for target, slots in plan.items():
+        if _key(target) in container:
+            raise GovlabError(f"routing: layer {target!r} already has slots")
+        module = model.get_submodule(target)
+        bank = SlotBank(target, module, slots)
+        container[_key(target)] = bank
+        module.register_forward_hook(_add_bank(bank))
+    record = dict(getattr(model, "expansions", {}))
+    record["slot_banks"] = {**record.get("slot_banks", {}), **{t: [list(s) for s in v] for t, v in plan.items()}}
+    model.expansions = record
+
+
+def restore(model: nn.Module, expansions: dict) -> None:
+    """Re-attach the slots recorded in a saved model's metadata (before loading its weights)."""
+    expand(model, {t: [tuple(s) for s in v] for t, v in expansions.get("slot_banks", {}).items()})
+
+
+def slot_names(model: nn.Module) -> list[str]:
+    out = []
+    for bank in banks(model):
+        out += [n for n in bank.names if n not in out]
+    return out
+
+
+@torch.no_grad()
+def scale_slot(model: nn.Module, name: str, factor: float) -> int:
+    """Multiply slot ``name``'s output by ``factor`` in every bank (0 removes it); returns the
+    number of layers changed."""
+    n = 0
+    for bank in banks(model):
+        if name in bank.names:
+            bank.up[_key(name)].mul_(factor)
+            n += 1
+    if n == 0:
+        raise GovlabError(f"no slot {name!r} in this model (slots: {', '.join(slot_names(model)) or 'none'})")
+    return n
+
+
+def plan_slots(model: nn.Module, band_of: dict[str, str], *, style_band: str | None, sources: list[str],
+               slot_rank: int, sequestered: list[str], sequester_rank: int,
+               sequester_targets: tuple[str, ...]) -> dict[str, list[tuple[str, int, str]]]:
+    """Which layers get which slots: per-source slots beside every Linear/Conv2d of the style band,
+    one adapter per sequestered category beside each layer matching ``sequester_targets``."""
+    from govlab.routing.bands import matches
+    from govlab.routing.policy import slot_band
+
+    plan: dict[str, list] = {}
+    layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)
+              and not n.startswith(SLOTS_ATTR + ".")]
+    if slot_rank and sources:
+        style_layers = [n for n, m in layers if band_of.get(f"{n}.weight") == style_band]
+        if not style_layers:
+            raise GovlabError(f"routing: style band {style_band!r} holds no Linear or Conv2d layer for slots")
+        for n in style_layers:
+            plan.setdefault(n, []).extend((s, slot_rank, slot_band(s)) for s in sources)
+    if sequestered:
+        for pattern in sequester_targets:
+            if not any(matches(f"{n}.weight", pattern) for n, _ in layers):
+                raise GovlabError(f"routing: sequester target {pattern!r} matches no Linear or Conv2d layer")
+        for n, _ in layers:
+            if any(matches(f"{n}.weight", p) for p in sequester_targets):
+                plan.setdefault(n, []).extend((c, sequester_rank, c) for c in sequestered)
+    return plan
