@@ -30,7 +30,7 @@ def run_dir(path: Path) -> Path:
 
 
 @app.command()
-def train(preset: Optional[str] = typer.Option(None, help="Preset name (smoke, demo, gpu)."),
+def train(preset: Optional[str] = typer.Option(None, help="Preset name (smoke, demo, routed, gpu)."),
           config: Optional[Path] = typer.Option(None, help="YAML config; overrides the preset."),
           data: Optional[Path] = typer.Option(None, help="Dataset folder (images + metadata.jsonl)."),
           out: Optional[Path] = typer.Option(None, help="Run directory (default runs/NAME)."),
@@ -96,6 +96,64 @@ def attenuate(run: Path, source: str = typer.Option(..., help="Source whose slot
     emit(result, as_json, f"run directory: {result['run']}\nreport: {Path(result['run']) / 'report.md'}\n"
          f"{source} style_acc {b['style_acc_source']} -> {a['style_acc_source']}; "
          f"others {b['style_acc_others']} -> {a['style_acc_others']} (chance {a['chance_style']})")
+
+
+zoo_app = typer.Typer(no_args_is_help=True, help="A model zoo with known lineage.")
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("build")
+def zoo_build(out: Path, quick: bool = typer.Option(False, help="Smoke-sized models (minutes on a CPU)."),
+              as_json: bool = JSON):
+    """Train the lineage zoo into OUT: bases in OUT/pool, fine-tunes and outsiders in OUT/targets."""
+    from govlab.lineage.zoo import build_zoo
+
+    zoo = build_zoo(out, quick=quick, progress=not as_json)
+    models = [{"name": m.name, "role": m.role, "expected": m.expected, "path": str(out / m.path),
+               "note": m.note} for m in zoo.models]
+    emit({"zoo": str(out), "pool": str(zoo.pool_dir), "quick": quick, "models": models}, as_json,
+         "\n".join(f"{m['role']:9s} {m['name']:12s} expected {m['expected'] or 'NULL':8s} {m['note']}"
+                   for m in models) + f"\npool: {zoo.pool_dir}")
+
+
+@app.command()
+def lineage(target: Path = typer.Option(..., help="Run directory or .safetensors model to test."),
+            pool: Path = typer.Option(..., help="Directory of base models (run dirs or .safetensors)."),
+            prompt_file: Optional[Path] = typer.Option(None, help="Test prompts, one per line "
+                                                       "(default: the selection step's detailed prompts)."),
+            k: int = typer.Option(50, help="Images per prompt and model."),
+            method: str = typer.Option("gaussian", help="JS estimator: gaussian or knn."),
+            extractor: str = typer.Option("world", help="Features: world, multiscale or pixels."),
+            tau: float = typer.Option(-1.64, help="z-test parameter of the NULL threshold."),
+            seed: int = typer.Option(0, help="Sampling seed."),
+            as_json: bool = JSON):
+    """Was TARGET fine-tuned from a base model of POOL, or trained from scratch (NULL)?"""
+    from govlab.lineage.api import correlated_pairs, lineage_from_features, probe
+    from govlab.lineage.distance import METHODS
+
+    if method not in METHODS:
+        raise GovlabError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    prompts = None
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            raise GovlabError(f"{prompt_file}: prompt file not found")
+        prompts = [ln.strip() for ln in prompt_file.read_text().splitlines()
+                   if ln.strip() and not ln.lstrip().startswith("#")]
+        if not prompts:
+            raise GovlabError(f"{prompt_file}: no prompts (one per line)")
+    feats, bases, name = probe(target, pool, prompts, k=k, extractor=extractor, seed=seed)
+    result = lineage_from_features(feats, bases, name, method=method, tau=tau)
+    distances = {b: sum(v.distances[b] for v in result.votes) / len(result.votes) for b in bases}
+    threshold = sum(v.threshold for v in result.votes) / len(result.votes)
+    out = {"target": str(target), "pool": str(pool), "k": k, "extractor": extractor, **result.to_dict(),
+           "distances": distances, "threshold": threshold,
+           "correlated_bases": correlated_pairs(feats, bases, method=method, tau=tau)}
+    votes = [v.vote or "NULL" for v in result.votes]
+    verdict = f"fine-tuned from {result.base}" if result.base else "NULL (trained from scratch or base not in pool)"
+    rows = "\n".join(f"  {b:16s} {d:8.3f}{'  <- closest' if b == min(distances, key=distances.get) else ''}"
+                      for b, d in distances.items())
+    emit(out, as_json, f"{target}: {verdict}\nvotes per prompt: {', '.join(votes)}\n"
+         f"mean distance to each base ({method} JS):\n{rows}\nmean NULL threshold: {threshold:.3f}")
 
 
 @app.command()

@@ -54,10 +54,11 @@ class TextToImage(nn.Module):
         return torch.cat(out) if out else torch.zeros(0, 3, s, s, dtype=torch.uint8)
 
     def _sample(self, prompts, x, steps, guidance):
-        # The cosine schedule has alpha_bar(999) ~ 2e-9, so the first x0 prediction divides by ~5e-5;
-        # without clipping x0 to the data range every sample saturates to 0/255 pixels.
-        sched = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config, thresholding=True,
-                                                        sample_max_value=1.0)
+        # The cosine schedule has alpha_bar(999) ~ 2e-9: an x0 prediction there divides by ~5e-5 and
+        # saturates every pixel. Start one spacing below T ("leading" + offset) and clip x0 to [-1, 1].
+        sched = DPMSolverMultistepScheduler.from_config(
+            self.noise_scheduler.config, timestep_spacing="leading", steps_offset=1,
+            thresholding=True, sample_max_value=1.0)
         sched.set_timesteps(steps)
         cond = self.text(self.tokenizer(list(prompts)))
         uncond = self.text(self.tokenizer([""] * len(prompts)))

@@ -31,8 +31,10 @@ class RoutingConfig:
     - ``style`` -> ``slot``: the style band is ``cross_attention`` (the key/value projections through
       which the caption enters the UNet). Every source with style samples owns a low-rank slot
       there (expand-route-ablate, Cloud et al. 2024); a style sample reaches only its own source's
-      slot in that band, never its base weights nor another source's slot. Scaling a slot
-      (``govlab attenuate``) scales that source's influence; 0 removes it.
+      slot in that band, never its base weights nor another source's slot (no other sample
+      reaches those base weights in the embedded world, so they keep their initial values).
+      ``govlab attenuate`` scales a slot's output (0 removes it); how much of a source's style its
+      slot actually holds is measured, not assumed: notebooks/02_routing.ipynb.
     - ``semantics``, ``composition`` -> ``outer`` and ``middle``: shapes, colours and layout are
       learnt in the generalization bands at every depth, shared by all sources.
     - ``identity`` and ``watermark`` are sequestered: such samples change only their own dedicated
@@ -55,6 +57,7 @@ class RoutingConfig:
     slot_sources: tuple[str, ...] = ()  # () = every source with style samples
     sequester_rank: int = 4
     sequester_targets: tuple[str, ...] = (*KV, "unet.up_blocks.*.resnets.*.conv2")
+    slot_lr_scale: float = 1.0  # learning rate of every slot (per-source and sequestered) relative to train.lr
     move_unrouted: bool = False  # True: parameters with no routed gradient still take AdamW's step
 
     def __post_init__(self):
@@ -64,5 +67,7 @@ class RoutingConfig:
             raise ValueError(f"identity must be one of {', '.join(IDENTITY_MODES)}, got {self.identity!r}")
         if self.slot_rank < 0 or self.sequester_rank < 1:
             raise ValueError("slot_rank must be >= 0 and sequester_rank >= 1")
+        if not self.slot_lr_scale > 0:
+            raise ValueError(f"slot_lr_scale must be > 0, got {self.slot_lr_scale}")
         if not isinstance(self.bands, dict) or not isinstance(self.policy, dict):
             raise ValueError("bands and policy must be mappings")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import torch
 from torch import nn
 
 from govlab.data.dataset import Dataset
@@ -36,6 +37,16 @@ def slot_bands(model: nn.Module) -> dict[str, str]:
             out[f"{prefix}.down.{_key(name)}"] = band
             out[f"{prefix}.up.{_key(name)}"] = band
     return out
+
+
+def param_groups(model: nn.Module, lr: float, slot_lr_scale: float) -> list[dict]:
+    """One group for the model, one for its slots when they take another learning rate."""
+    named = list(model.named_parameters())
+    if slot_lr_scale == 1.0:
+        return [{"params": [p for _, p in named]}]
+    slots = [p for n, p in named if n.startswith(SLOTS_ATTR + ".")]
+    base = [p for n, p in named if not n.startswith(SLOTS_ATTR + ".")]
+    return [{"params": base}, {"params": slots, "lr": lr * slot_lr_scale}]
 
 
 def prepare(model: nn.Module, cfg: RoutingConfig, records: list[dict]) -> Router:
@@ -79,12 +90,14 @@ class RoutingHook(Hook):
 
     def on_build(self, trainer):
         self.router = prepare(trainer.model, self.cfg, trainer.dataset.records)
+        t = trainer.cfg.train
+        groups = param_groups(trainer.model, t.lr, self.cfg.slot_lr_scale)
         if self.cfg.mode != "routed":
-            return None
+            return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
         self.router.install()
         self.table = self.router.table(trainer.dataset.records)
-        t = trainer.cfg.train
-        return RoutedAdamW(trainer.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, router=self.router,
+        self.rank = self.router.group_rank(self.table)
+        return RoutedAdamW(groups, lr=t.lr, weight_decay=t.weight_decay, router=self.router,
                            move_unrouted=self.cfg.move_unrouted)
 
     def on_start(self, trainer):
@@ -93,8 +106,15 @@ class RoutingHook(Hook):
                 trainer.events.write("ingestion_rejected", step=0, **r)
 
     def before_forward(self, ctx):
-        if self.cfg.mode == "routed":
-            self.router.route(table=self.table[ctx.indices])
+        if self.cfg.mode != "routed":
+            return
+        # sort the batch by route group so that each band's samples are contiguous (the fast path);
+        # the per-sample loss is order-free, so this changes nothing but the order of the sum
+        perm = torch.argsort(self.rank[ctx.indices], stable=True)
+        for name in ("indices", "x0", "tokens", "noise", "timesteps", "weights"):
+            setattr(ctx, name, getattr(ctx, name)[perm])
+        ctx.records = [ctx.records[i] for i in perm.tolist()]
+        self.router.route(table=self.table[ctx.indices])
 
     def after_step(self, ctx):
         if self.cfg.mode == "routed":

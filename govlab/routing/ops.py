@@ -1,9 +1,11 @@
 """Layer ops whose parameter gradient sees only some samples, while the input gradient sees all.
 
-Each op takes ``gmask`` (mask of the output gradient) and/or ``xmask`` (mask of the input) used only
-for the parameter gradient: shape ``(B,)`` (per sample) or ``(B, C)`` (per sample and channel).
-Masks hold 0/1, so a masked parameter gradient is exactly the gradient of the allowed samples'
-loss; the input gradient is the ordinary one, so every sample still trains earlier layers.
+``sel`` says which samples may change the parameters: a ``slice`` of the batch (the fast path:
+the router sorts a batch so that each band's samples are contiguous), or a 0/1 mask of shape
+``(B,)`` or ``(B, C)`` (per sample and channel, for slot banks). The parameter gradient is then
+exactly the gradient of the selected samples' loss; the input gradient is the ordinary one, so
+every sample still trains the earlier layers it may reach. ``xsel`` (masks only) masks the input
+instead of the output gradient (for a slot bank's ``up`` weights, whose slots are input channels).
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ from torch.autograd import Function
 from torch.nn import functional as F
 
 
-def bcast(mask: torch.Tensor | None, like: torch.Tensor, channel_dim: int) -> torch.Tensor | None:
+def bcast(mask: torch.Tensor, like: torch.Tensor, channel_dim: int) -> torch.Tensor:
     """View a (B,) or (B, C) mask so that it broadcasts against ``like``."""
-    if mask is None:
-        return None
     shape = [1] * like.dim()
     shape[0] = like.shape[0]
     if mask.dim() == 2:
@@ -24,45 +24,52 @@ def bcast(mask: torch.Tensor | None, like: torch.Tensor, channel_dim: int) -> to
     return mask.view(shape)
 
 
-def _masked(t, mask):
-    return t if mask is None else t * mask
+def pick(t: torch.Tensor, sel, channel_dim: int) -> torch.Tensor:
+    """The samples of ``t`` that ``sel`` selects (a slice view), or ``t`` masked."""
+    if sel is None:
+        return t
+    if isinstance(sel, slice):
+        return t[sel]
+    return t * bcast(sel, t, channel_dim)
 
 
 class MaskedLinear(Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, gmask, xmask):
-        ctx.save_for_backward(x, weight, gmask, xmask)
-        ctx.has_bias = bias is not None
+    def forward(ctx, x, weight, bias, sel, xsel):
+        ctx.save_for_backward(x, weight)
+        ctx.sel, ctx.xsel, ctx.has_bias = sel, xsel, bias is not None
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, g):
-        x, weight, gmask, xmask = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = g.matmul(weight.to(g.dtype))
-        gm = _masked(g, bcast(gmask, g, -1))
-        if ctx.needs_input_grad[1]:
-            xm = _masked(x, bcast(xmask, x, -1))
-            gw = gm.reshape(-1, gm.shape[-1]).t().matmul(xm.reshape(-1, xm.shape[-1]))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = gm.reshape(-1, gm.shape[-1]).sum(0)
+            gx = g.matmul(weight)
+        want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1] or want_b:
+            sel, xsel = ctx.sel, ctx.xsel
+            gm = pick(g, sel, -1).reshape(-1, g.shape[-1])
+            if ctx.needs_input_grad[1]:
+                xm = x[sel] if isinstance(sel, slice) else pick(x, xsel, -1)
+                gw = gm.t().matmul(xm.reshape(-1, x.shape[-1]))
+            if want_b:
+                gb = gm.sum(0)
         return gx, gw, gb, None, None
 
 
 class MaskedConv2d(Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, gmask, xmask, stride, padding, dilation, groups):
-        ctx.save_for_backward(x, weight, gmask, xmask)
+    def forward(ctx, x, weight, bias, sel, xsel, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.sel, ctx.xsel, ctx.has_bias = sel, xsel, bias is not None
         ctx.conf = (stride, padding, dilation, groups)
-        ctx.has_bias = bias is not None
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, g):
-        x, weight, gmask, xmask = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
-        bias_sizes = [weight.shape[0]] if ctx.has_bias else None
         conv_bw = torch.ops.aten.convolution_backward
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
@@ -70,103 +77,131 @@ class MaskedConv2d(Function):
                          [True, False, False])[0]
         want_w, want_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
         if want_w or want_b:
-            gm = _masked(g, bcast(gmask, g, 1))
-            xm = _masked(x, bcast(xmask, x, 1))
-            _, gw, gb = conv_bw(gm, xm, weight, bias_sizes, stride, padding, dilation, False, [0, 0],
-                                groups, [False, want_w, want_b])
+            sel = ctx.sel
+            gm = pick(g, sel, 1)
+            xm = x[sel] if isinstance(sel, slice) else pick(x, ctx.xsel, 1)
+            _, gw, gb = conv_bw(gm, xm, weight, [weight.shape[0]] if want_b else None, stride, padding,
+                                dilation, False, [0, 0], groups, [False, want_w, want_b])
         return gx, gw, gb, None, None, None, None, None, None
 
 
 class MaskedGroupNorm(Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, gmask, groups, eps):
+    def forward(ctx, x, weight, bias, sel, groups, eps):
         n, c = x.shape[:2]
         hw = x[0, 0].numel()
         y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hw, groups, eps)
-        ctx.save_for_backward(x, weight, mean, rstd, gmask)
-        ctx.conf = (n, c, hw, groups)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.sel, ctx.conf = sel, (n, c, hw, groups)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        x, weight, mean, rstd, gmask = ctx.saved_tensors
+        x, weight, mean, rstd = ctx.saved_tensors
         n, c, hw, groups = ctx.conf
         bw = torch.ops.aten.native_group_norm_backward
         g = g.contiguous()
-        gx = bw(g, x, mean, rstd, weight, n, c, hw, groups, [True, False, False])[0] \
-            if ctx.needs_input_grad[0] else None
-        gw = gb = None
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = bw(g, x, mean, rstd, weight, n, c, hw, groups, [True, False, False])[0]
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            _, gw, gb = bw(_masked(g, bcast(gmask, g, 1)), x, mean, rstd, weight, n, c, hw, groups,
+            sel = ctx.sel
+            if isinstance(sel, slice):
+                g, x, mean, rstd = g[sel], x[sel], mean[sel], rstd[sel]
+            else:
+                g = pick(g, sel, 1)
+            _, gw, gb = bw(g, x, mean, rstd, weight, g.shape[0], c, hw, groups,
                            [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
         return gx, gw, gb, None, None, None
 
 
 class MaskedLayerNorm(Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, gmask, shape, eps):
+    def forward(ctx, x, weight, bias, sel, shape, eps):
         y, mean, rstd = torch.ops.aten.native_layer_norm(x, shape, weight, bias, eps)
-        ctx.save_for_backward(x, weight, bias, mean, rstd, gmask)
-        ctx.shape = shape
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.sel, ctx.shape = sel, shape
         return y
 
     @staticmethod
     def backward(ctx, g):
-        x, weight, bias, mean, rstd, gmask = ctx.saved_tensors
+        x, weight, bias, mean, rstd = ctx.saved_tensors
         bw = torch.ops.aten.native_layer_norm_backward
         g = g.contiguous()
-        gx = bw(g, x, ctx.shape, mean, rstd, weight, bias, [True, False, False])[0] \
-            if ctx.needs_input_grad[0] else None
-        gw = gb = None
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = bw(g, x, ctx.shape, mean, rstd, weight, bias, [True, False, False])[0]
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            _, gw, gb = bw(_masked(g, bcast(gmask, g, -1)), x, ctx.shape, mean, rstd, weight, bias,
+            sel = ctx.sel
+            if isinstance(sel, slice):
+                g, x, mean, rstd = g[sel], x[sel], mean[sel], rstd[sel]
+            else:
+                g = pick(g, sel, -1)
+            _, gw, gb = bw(g, x, ctx.shape, mean, rstd, weight, bias,
                            [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2] and bias is not None])
         return gx, gw, gb, None, None, None
 
 
 class MaskedEmbedding(Function):
     @staticmethod
-    def forward(ctx, idx, weight, gmask):
-        ctx.save_for_backward(idx, gmask)
-        ctx.rows = weight.shape[0]
+    def forward(ctx, idx, weight, sel):
+        ctx.save_for_backward(idx)
+        ctx.sel, ctx.rows = sel, weight.shape[0]
         return F.embedding(idx, weight)
 
     @staticmethod
     def backward(ctx, g):
-        idx, gmask = ctx.saved_tensors
+        (idx,) = ctx.saved_tensors
         if not ctx.needs_input_grad[1]:
             return None, None, None
-        gm = _masked(g, bcast(gmask, g, -1)).reshape(-1, g.shape[-1])
-        gw = torch.zeros(ctx.rows, g.shape[-1], dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), gm)
+        sel = ctx.sel
+        if isinstance(sel, slice):
+            g, idx = g[sel], idx[sel]
+        else:
+            g = pick(g, sel, -1)
+        gw = torch.zeros(ctx.rows, g.shape[-1], dtype=g.dtype, device=g.device)
+        gw.index_add_(0, idx.reshape(-1), g.reshape(-1, g.shape[-1]))
         return None, gw, None
 
 
-# -- per-module forwards: ``fn(module, x, gmask, xmask=None, live=True)``; ``live=False`` cuts the
-# parameters from the graph (no sample may change them) but keeps the input gradient.
+# -- per-module forwards: ``fn(module, x, sel, live, static)``; ``live=False`` cuts the parameters
+# from the graph (no sample may change them) and keeps the input gradient; ``static`` holds the
+# module's fixed arguments (``static_args``), computed once.
 def _p(t, live):
     return t if live or t is None else t.detach()
 
 
-def linear(m, x, gmask, xmask=None, live=True):
-    return MaskedLinear.apply(x, _p(m.weight, live), _p(m.bias, live), gmask, xmask)
+def linear(m, x, sel, live=True, static=None):
+    return MaskedLinear.apply(x, _p(m.weight, live), _p(m.bias, live), sel, None)
 
 
-def conv2d(m, x, gmask, xmask=None, live=True):
-    return MaskedConv2d.apply(x, _p(m.weight, live), _p(m.bias, live), gmask, xmask, list(m.stride),
-                              list(m.padding), list(m.dilation), m.groups)
+def conv2d(m, x, sel, live=True, static=None):
+    stride, padding, dilation, groups = static or static_args(m)
+    return MaskedConv2d.apply(x, _p(m.weight, live), _p(m.bias, live), sel, None, stride, padding, dilation,
+                              groups)
 
 
-def group_norm(m, x, gmask, xmask=None, live=True):
-    return MaskedGroupNorm.apply(x, _p(m.weight, live), _p(m.bias, live), gmask, m.num_groups, m.eps)
+def group_norm(m, x, sel, live=True, static=None):
+    return MaskedGroupNorm.apply(x, _p(m.weight, live), _p(m.bias, live), sel, m.num_groups, m.eps)
 
 
-def layer_norm(m, x, gmask, xmask=None, live=True):
-    return MaskedLayerNorm.apply(x, _p(m.weight, live), _p(m.bias, live), gmask,
-                                 list(m.normalized_shape), m.eps)
+def layer_norm(m, x, sel, live=True, static=None):
+    return MaskedLayerNorm.apply(x, _p(m.weight, live), _p(m.bias, live), sel, static or list(m.normalized_shape),
+                                 m.eps)
 
 
-def embedding(m, x, gmask, xmask=None, live=True):
-    return MaskedEmbedding.apply(x, _p(m.weight, live), gmask)
+def embedding(m, x, sel, live=True, static=None):
+    return MaskedEmbedding.apply(x, _p(m.weight, live), sel)
+
+
+def static_args(m):
+    from torch import nn
+
+    if type(m) is nn.Conv2d:
+        return list(m.stride), list(m.padding), list(m.dilation), m.groups
+    if type(m) is nn.LayerNorm:
+        return list(m.normalized_shape)
+    return None
 
 
 def masked_forward(m: torch.nn.Module):

@@ -118,13 +118,17 @@ class Router:
         return True
 
     def _leaf_forward(self, m, fn, b, orig):
+        static = ops.static_args(m)
+
         def forward(x, *rest, **kw):
-            if rest or kw or not self._active(x):
+            if self._table is None or rest or kw or self._bypass or not torch.is_grad_enabled():
                 return orig(x, *rest, **kw)
             n = self._count[b]
             if n == self._b:
                 return orig(x)
-            return fn(m, x, self._cols[b] if n else None, live=n > 0)
+            if x.shape[0] != self._b:
+                raise RuntimeError(f"routing: a routed module saw batch {x.shape[0]}, routed batch is {self._b}")
+            return fn(m, x, self._sel[b], n > 0, static)
         return forward
 
     def _split_forward(self, m, b, orig):
@@ -147,19 +151,27 @@ class Router:
                 return orig(*args, **kw)
             if n == 0:
                 return detached(*args, **kw)
-            keep = self._cols[b] > 0
-            a, d = keep.nonzero().squeeze(1), (~keep).nonzero().squeeze(1)
+            sel = self._sel[b]
+            if isinstance(sel, slice) and (sel.start == 0 or sel.stop == self._b):
+                a, d = sel, (slice(sel.stop, None) if sel.start == 0 else slice(0, sel.start))
+                order = None
+            else:
+                keep = self._cols[b] > 0
+                a, d = keep.nonzero().squeeze(1), (~keep).nonzero().squeeze(1)
+                order = torch.argsort(torch.cat([a, d]))
 
-            def pick(idx):
+            def part(idx):
                 return ([t[idx] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == self._b else t
                          for t in args],
                         {k: t[idx] if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == self._b else t
                          for k, t in kw.items()})
-            (aa, ak), (da, dk) = pick(a), pick(d)
+            (aa, ak), (da, dk) = part(a), part(d)
             out_a, out_d = orig(*aa, **ak), detached(*da, **dk)
             if not isinstance(out_a, torch.Tensor):
                 raise GovlabError(f"routing: cannot batch-split {type(m).__name__}: its output is not a tensor")
-            return torch.cat([out_a, out_d])[torch.argsort(torch.cat([a, d]))]
+            if order is not None:
+                return torch.cat([out_a, out_d])[order]
+            return torch.cat([out_a, out_d] if a.start == 0 else [out_d, out_a])
         return forward
 
     # -- per step -----------------------------------------------------------------------------------
@@ -186,9 +198,29 @@ class Router:
         self._b = t.shape[0]
         self._count = t.sum(0).tolist()
         self._cols = t.t().to(dtype).contiguous()
+        self._sel = []  # per band: None (all or none), a slice (contiguous samples) or a 0/1 mask
+        for j, n in enumerate(self._count):
+            sel = None
+            if 0 < n < self._b:
+                idx = t[:, j].nonzero().squeeze(1)
+                lo, hi = int(idx[0]), int(idx[-1]) + 1
+                sel = slice(lo, hi) if hi - lo == n else self._cols[j]
+            self._sel.append(sel)
+
+    def order(self, records: list[dict]) -> torch.Tensor:
+        """A permutation of a batch that makes each band's samples contiguous where the policy allows
+        (sequestered groups last); routing a batch in this order takes the fast path."""
+        return torch.argsort(self.group_rank(self.table(records)), stable=True)
+
+    def group_rank(self, table: torch.Tensor) -> torch.Tensor:
+        """Sort key of each row of a routing table: samples that reach the trunk first, then by band set."""
+        trunk = self.index[TRUNK]
+        keys = [(not bool(row[trunk]), tuple(row.tolist())[::-1]) for row in table]
+        ranks = {k: i for i, k in enumerate(sorted(set(keys), reverse=False))}
+        return torch.tensor([ranks[k] for k in keys])
 
     def clear(self) -> None:
-        self._table, self._b, self._count, self._cols = None, 0, None, None
+        self._table, self._b, self._count, self._cols, self._sel = None, 0, None, None, None
 
     @property
     def active(self) -> bool:

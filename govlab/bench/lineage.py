@@ -1,0 +1,32 @@
+"""``govlab bench lineage``: seconds of the distance step (Isomap + JS) and accuracy on the quick zoo."""
+
+from __future__ import annotations
+
+from govlab.bench.train import interleaved
+from govlab.lineage.api import default_prompts, prompt_distances
+from govlab.lineage.features import get_extractor
+from govlab.lineage.study import accuracy, evaluate, zoo_boxes, zoo_features
+from govlab.lineage.zoo import cached_zoo
+
+K, MODELS = 100, 8
+
+
+def bench_lineage(*, quick: bool = False) -> dict:
+    """Median seconds of Isomap + JS for 8 models x k=100 features of one prompt; zoo accuracy.
+
+    Samples and the zoo are cached, so only the first call pays for training and generation.
+    """
+    zoo = cached_zoo(quick=True)
+    boxes = zoo_boxes(zoo)
+    prompts = default_prompts([boxes[m.name] for m in zoo.bases])
+    feats = zoo_features(zoo, prompts, k=K, extractor=get_extractor("world"))
+    names = [m.name for m in zoo.models][:MODELS]
+    one = {n: feats[prompts[0]][n] for n in names}
+    med = interleaved({m: (lambda m=m: prompt_distances(one, method=m)) for m in ("gaussian", "knn")},
+                      repeats=5 if quick else 20)
+    verdicts = {m: evaluate(zoo, feats, method=m) for m in ("gaussian", "knn")}
+    return {"distance_s": round(med["gaussian"], 4), "distance_knn_s": round(med["knn"], 4),
+            "models": len(names), "k": K, "feature_dim": int(one[names[0]].shape[1]),
+            "accuracy": accuracy(verdicts["gaussian"]), "accuracy_knn": accuracy(verdicts["knn"]),
+            "targets": len(verdicts["gaussian"]), "prompts": len(prompts),
+            "wrong": [v.target for v in verdicts["gaussian"] if not v.correct], "quick": quick}

@@ -1,0 +1,197 @@
+"""A model zoo with known lineage: bases trained from scratch, fine-tunes of some, an outsider.
+
+Bases differ in seed, width, architecture and data mixture. Fine-tunes cover the paper's
+scenarios: full fine-tune on a new distribution and on the original one, LoRA (peft), repeated
+fine-tunes, a lower learning rate; the outsider (and a fine-tune of it) must come out NULL.
+Layout: ``DIR/pool/<base>/`` and ``DIR/targets/<name>/`` (govlab run directories) and
+``DIR/zoo.json``, written last. Finished models are kept when a build is repeated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from tqdm.auto import tqdm
+
+from govlab.config import from_dict
+from govlab.data.cache import cache_dir, run_dataset
+from govlab.data.world import WORLD_VERSION
+from govlab.errors import GovlabError
+from govlab.io import sha256_json, write_json
+from govlab.models.diffusion import TextToImage
+from govlab.train import Trainer
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one zoo model is made: ``config`` overrides a RunConfig; fine-tunes start from ``parent``."""
+
+    name: str
+    role: str  # base | outsider | fine-tune
+    config: dict
+    parent: str | None = None
+    rounds: tuple[dict, ...] = ()  # fine-tunes: one config overlay per round, applied in turn
+    lora_rank: int = 0  # 0: full fine-tune
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    role: str
+    path: str
+    expected: str | None  # the true base in the pool, or None (NULL)
+    parent: str | None = None
+    note: str = ""
+
+
+@dataclass
+class Zoo:
+    root: Path
+    models: list[ZooModel] = field(default_factory=list)
+
+    @property
+    def pool_dir(self) -> Path:
+        return self.root / "pool"
+
+    @property
+    def bases(self) -> list[ZooModel]:
+        return [m for m in self.models if m.role == "base"]
+
+    @property
+    def targets(self) -> list[ZooModel]:
+        return [m for m in self.models if m.role != "base"]
+
+    def get(self, name: str) -> ZooModel:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise GovlabError(f"no model {name!r} in the zoo at {self.root}")
+
+    @classmethod
+    def open(cls, root: str | Path) -> "Zoo":
+        root = Path(root)
+        manifest = root / "zoo.json"
+        if not manifest.is_file():
+            raise GovlabError(f"{root}: not a built zoo (no zoo.json)")
+        data = json.loads(manifest.read_text())
+        return cls(root, [ZooModel(**m) for m in data["models"]])
+
+
+def recipes(*, quick: bool = True) -> list[Recipe]:
+    """The zoo's recipes; quick: smoke-sized models for CPU tests, else demo-sized."""
+    if quick:
+        arch = {"channels": [16, 32, 32], "attention": [False, False, True], "text_dim": 32,
+                "text_layers": 1, "head_dim": 8}
+        world = {"per_artist": 100, "n_stock": 60, "per_person": 20, "dup_groups": 2, "dup_copies": 6}
+        steps, ft_steps, per_artist_ft = 250, 60, 60
+    else:
+        arch = {"channels": [32, 64, 64], "attention": [False, True, True], "text_dim": 64, "text_layers": 2}
+        world = {"per_artist": 150, "n_stock": 120, "per_person": 40, "dup_groups": 8, "dup_copies": 25}
+        steps, ft_steps, per_artist_ft = 2000, 400, 300
+    train = {"steps": steps, "batch_size": 64, "lr": 5e-3, "warmup_steps": 20, "checkpoint_every": steps,
+             "threads": 1}
+
+    def base(name, seed, *, model=None, world_over=None, role="base", note=""):
+        cfg = {"name": name, "model": {**arch, **(model or {})}, "world": {**world, **(world_over or {})},
+               "train": {**train, "seed": seed}}
+        return Recipe(name, role, cfg, note=note)
+
+    def new_world(seed, **over):
+        return {"seed": seed, "n_artists": 2, "per_artist": per_artist_ft, "n_stock": per_artist_ft // 2,
+                "per_person": 0, "dup_groups": 0, "dup_copies": 0, **over}
+
+    def tune(name, parent, worlds, *, lr=3e-4, steps=ft_steps, lora_rank=0, note=""):
+        rounds = tuple({"world": w, "train": {"steps": steps, "lr": lr, "warmup_steps": 5,
+                                              "checkpoint_every": steps}} for w in worlds)
+        return Recipe(name, "fine-tune", {}, parent=parent, rounds=rounds, lora_rank=lora_rank, note=note)
+
+    wide = [c + c // 2 for c in arch["channels"]]
+    text = {"text_dim": arch["text_dim"] + arch["text_dim"] // 2, "text_layers": arch["text_layers"] + 1}
+    more_stock = {"seed": 1, "n_artists": 4, "n_stock": 2 * world["n_stock"]}
+    return [
+        base("base_a", 0, note="reference recipe"),
+        base("base_b", 1, note="seed only"),
+        base("base_c", 2, model={"channels": wide}, note="1.5x wider UNet"),
+        base("base_d", 3, model=text, note="larger caption encoder"),
+        base("base_e", 4, world_over=more_stock, note="data mixture: 4 artists, twice the stock"),
+        base("base_f", 5, world_over={"seed": 2, "n_stock": 0, "per_person": 2 * world["per_person"]},
+             note="data mixture: no stock, twice the persons"),
+        base("outsider", 6, model=text, world_over={"seed": 3}, role="outsider",
+             note="from scratch, not in the pool"),
+        tune("a_full_new", "base_a", [new_world(10)], note="full fine-tune, new distribution"),
+        tune("b_lora", "base_b", [new_world(11)], lr=1e-3, steps=2 * ft_steps, lora_rank=4,
+             note="LoRA r=4 (peft), new distribution"),
+        tune("c_twice", "base_c", [new_world(12), new_world(13, n_artists=3)],
+             note="fine-tuned twice, new data each round"),
+        tune("d_low_lr", "base_d", [new_world(14)], lr=1e-4, note="full fine-tune, 3x lower lr"),
+        tune("e_same", "base_e", [{**world, **more_stock, "seed": 15}],
+             note="full fine-tune, original distribution"),
+        tune("outsider_ft", "outsider", [new_world(16)], note="fine-tune of the outsider"),
+    ]
+
+
+def build_zoo(out: str | Path, *, quick: bool = True, progress: bool = True) -> Zoo:
+    """Train every recipe into ``out`` (skipping finished ones) and write ``zoo.json``."""
+    out = Path(out)
+    todo = recipes(quick=quick)
+    by_name = {r.name: r for r in todo}
+    models = []
+    for r in tqdm(todo, desc="zoo", disable=not progress):
+        path = out / ("pool" if r.role == "base" else "targets") / r.name
+        stamp = path / "recipe.json"
+        if not (stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(asdict(r)))):
+            if r.parent is None:
+                _train_scratch(r, path)
+            else:
+                parent = by_name[r.parent]
+                parent_path = out / ("pool" if parent.role == "base" else "targets") / parent.name
+                _fine_tune(r, parent, parent_path, path)
+            write_json(stamp, asdict(r))
+        models.append(ZooModel(r.name, r.role, str(path.relative_to(out)), _expected(r, by_name),
+                               r.parent, r.note))
+    write_json(out / "zoo.json", {"quick": quick, "models": [asdict(m) for m in models]})
+    return Zoo.open(out)
+
+
+def cached_zoo(*, quick: bool = True, progress: bool = False) -> Zoo:
+    """The zoo built once under the govlab cache, keyed by its recipes."""
+    key = sha256_json({"world": WORLD_VERSION, "recipes": [asdict(r) for r in recipes(quick=quick)]})[:16]
+    root = cache_dir("zoo", key)
+    if (root / "zoo.json").is_file():
+        return Zoo.open(root)
+    return build_zoo(root, quick=quick, progress=progress)
+
+
+def _expected(r: Recipe, by_name: dict[str, Recipe]) -> str | None:
+    while r.parent is not None:
+        r = by_name[r.parent]
+    return r.name if r.role == "base" else None
+
+
+def _train_scratch(r: Recipe, path: Path) -> None:
+    cfg = from_dict(r.config)
+    Trainer(cfg, run_dataset(cfg, progress=False), path, progress=False).fit()
+
+
+def _fine_tune(r: Recipe, parent: Recipe, parent_path: Path, path: Path) -> None:
+    model = TextToImage.load(parent_path / "model.safetensors")
+    cfg = from_dict(parent.config)
+    if r.lora_rank:
+        torch.manual_seed(cfg.train.seed)
+        model.text.requires_grad_(False)
+        model.unet = get_peft_model(model.unet, LoraConfig(
+            r=r.lora_rank, lora_alpha=r.lora_rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    for i, overlay in enumerate(r.rounds):
+        cfg = from_dict({**overlay, "name": r.name, "train": {**overlay["train"], "seed": 100 + i}}, base=cfg)
+        Trainer(cfg, run_dataset(cfg, progress=False), path, model=model, progress=False).fit()
+    if r.lora_rank:
+        model.unet = model.unet.merge_and_unload()
+        model.save(path / "model.safetensors")
+
