@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from govlab.config import RunConfig
@@ -38,6 +37,3 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: l
             "train_seconds": round(trainer.seconds, 2), **{k: v for k, v in scores.items()
                                                            if not isinstance(v, dict)}}
 
-
-def read_scores(run: str | Path) -> dict:
-    return json.loads((Path(run) / "scores.json").read_text())
