@@ -149,7 +149,8 @@ def lineage(target: Path = typer.Option(..., help="Run directory or .safetensors
            "distances": distances, "threshold": threshold,
            "correlated_bases": correlated_pairs(feats, bases, method=method, tau=tau)}
     votes = [v.vote or "NULL" for v in result.votes]
-    verdict = f"fine-tuned from {result.base}" if result.base else "NULL (trained from scratch or base not in pool)"
+    verdict = (f"fine-tuned from {result.base}" if result.base
+               else "NULL (trained from scratch, or its base is not in the pool)")
     rows = "\n".join(f"  {b:16s} {d:8.3f}{'  <- closest' if b == min(distances, key=distances.get) else ''}"
                       for b, d in distances.items())
     emit(out, as_json, f"{target}: {verdict}\nvotes per prompt: {', '.join(votes)}\n"

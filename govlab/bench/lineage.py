@@ -27,6 +27,7 @@ def bench_lineage(*, quick: bool = False) -> dict:
     verdicts = {m: evaluate(zoo, feats, method=m) for m in ("gaussian", "knn")}
     return {"distance_s": round(med["gaussian"], 4), "distance_knn_s": round(med["knn"], 4),
             "models": len(names), "k": K, "feature_dim": int(one[names[0]].shape[1]),
-            "accuracy": accuracy(verdicts["gaussian"]), "accuracy_knn": accuracy(verdicts["knn"]),
+            "accuracy": round(accuracy(verdicts["gaussian"]), 4),
+            "accuracy_knn": round(accuracy(verdicts["knn"]), 4),
             "targets": len(verdicts["gaussian"]), "prompts": len(prompts),
             "wrong": [v.target for v in verdicts["gaussian"] if not v.correct], "quick": quick}

@@ -10,7 +10,7 @@ from torch import nn
 from govlab.errors import GovlabError
 from govlab.eval.classifiers import load_evaluator
 from govlab.lineage.decision import DEFAULT_TAU, LineageResult, correlated_bases, decide
-from govlab.lineage.distance import isomap_embed, pairwise_distances
+from govlab.lineage.distance import METHODS, isomap_embed, pairwise_distances
 from govlab.lineage.features import extract, get_extractor
 from govlab.lineage.prompts import detailed_prompts, select_prompts, support
 from govlab.lineage.sampling import BlackBox, load_model, sample
@@ -73,8 +73,12 @@ def prompt_distances(features: dict[str, np.ndarray], *, method: str = "gaussian
 
 
 def default_prompts(pool: list[BlackBox], *, n: int = 5, candidates: int = 24, per_prompt: int = 8,
-                    min_support: float = 0.3, seed: int = 0) -> list[str]:
-    """The selection step: ``n`` detailed prompts best supported by every base (worst-case support)."""
+                    min_support: float = 0.15, seed: int = 0) -> list[str]:
+    """The selection step: ``n`` detailed prompts best supported by every base (worst-case support).
+
+    The default floor ``min_support`` is about the chance level of the checks (0.15): barely trained
+    bases (the quick zoo's reach 0.16-0.22) must still yield prompts; raise it for trained pools.
+    """
     return select_prompts(*support_table(pool, detailed_prompts(candidates, seed=seed),
                                          per_prompt=per_prompt, seed=seed), keep=n, min_support=min_support)
 
@@ -117,6 +121,8 @@ def lineage(target, pool, prompts: list[str] | None = None, *, k: int = 50,
             extractor: str | nn.Module = "world", method: str = "gaussian", tau: float = DEFAULT_TAU,
             seed: int = 0, n_neighbors: int = N_NEIGHBORS) -> LineageResult:
     """Was ``target`` fine-tuned from a model of ``pool``? (models as accepted by ``load_model``)"""
+    if method not in METHODS:
+        raise GovlabError(f"unknown distance method {method!r}; choose one of {', '.join(METHODS)}")
     feats, bases, name = probe(target, pool, prompts, k=k, extractor=extractor, seed=seed,
                                n_neighbors=n_neighbors)
     return lineage_from_features(feats, bases, name, method=method, tau=tau, n_neighbors=n_neighbors)

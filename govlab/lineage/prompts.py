@@ -23,7 +23,7 @@ _PLURAL = {s: s + ("es" if s == "cross" else "s") for s in SHAPES}
 
 
 @dataclass(frozen=True)
-class TestPrompt:
+class ProbePrompt:
     """A prompt and the attributes it asks for (None where it says nothing)."""
 
     text: str
@@ -34,7 +34,7 @@ class TestPrompt:
     source: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "TestPrompt":
+    def parse(cls, text: str) -> "ProbePrompt":
         """Read the attributes of a world-style prompt; unknown words are ignored."""
         low = " ".join(re.findall(r"[a-z0-9]+", text.lower()))
         shape = next((s for s in SHAPES if re.search(rf"\b({s}|{_PLURAL[s]})\b", low)), None)
@@ -86,7 +86,7 @@ def centre_colours(images: torch.Tensor, count: int, position: str) -> list[list
 
 def support(images: torch.Tensor, prompt: str, evaluator: Evaluator) -> float:
     """Fraction of attribute checks the images pass (shape, layout, colour, style; those the prompt names)."""
-    p = TestPrompt.parse(prompt)
+    p = ProbePrompt.parse(prompt)
     pred = evaluator.predict(images)
     checks = []
     if p.shape:

@@ -36,9 +36,10 @@ class Verdict:
 
     @property
     def closest(self) -> tuple[str, float, float]:
-        """``(closest base, its mean distance, next base's mean distance / it)``."""
+        """``(closest base, its mean distance, next base's mean distance / it)`` (inf when it is 0)."""
         mean = self.distances().mean().sort_values()
-        return mean.index[0], float(mean.iloc[0]), float(mean.iloc[1] / max(mean.iloc[0], 1e-12))
+        first, second = float(mean.iloc[0]), float(mean.iloc[1])
+        return mean.index[0], first, second / first if first > 0 else float("inf")
 
 
 def zoo_boxes(zoo: Zoo) -> dict[str, BlackBox]:
@@ -75,7 +76,8 @@ def distance_table(verdicts: list[Verdict]) -> pd.DataFrame:
         d = v.distances()
         closest, _, ratio = v.closest
         cells = {b: f"{d[b].mean():.3f} ± {d[b].std(ddof=0):.3f}" for b in d.columns}
-        cells.update({"NULL threshold": f"{v.threshold:.3f}", "closest": closest, "ratio next/closest": f"{ratio:.2f}",
+        cells.update({"NULL threshold": f"{v.threshold:.3f}", "closest": closest,
+                      "ratio next/closest": f"{ratio:.2f}",
                       "decision": v.result.base or "NULL", "expected": v.expected or "NULL",
                       "correct": "yes" if v.correct else "NO"})
         cols[v.target] = cells

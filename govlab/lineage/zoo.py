@@ -89,13 +89,13 @@ def recipes(*, quick: bool = True) -> list[Recipe]:
     if quick:
         arch = {"channels": [16, 32, 32], "attention": [False, False, True], "text_dim": 32,
                 "text_layers": 1, "head_dim": 8}
-        world = {"per_artist": 100, "n_stock": 60, "per_person": 20, "dup_groups": 2, "dup_copies": 6}
-        steps, ft_steps, per_artist_ft = 250, 60, 60
+        world = {"per_artist": 24, "n_stock": 16, "per_person": 6, "dup_groups": 2, "dup_copies": 6}
+        steps, ft_steps, per_artist_ft = 300, 60, 60
     else:
         arch = {"channels": [32, 64, 64], "attention": [False, True, True], "text_dim": 64, "text_layers": 2}
         world = {"per_artist": 150, "n_stock": 120, "per_person": 40, "dup_groups": 8, "dup_copies": 25}
         steps, ft_steps, per_artist_ft = 2000, 400, 300
-    train = {"steps": steps, "batch_size": 64, "lr": 5e-3, "warmup_steps": 20, "checkpoint_every": steps,
+    train = {"steps": steps, "batch_size": 32, "lr": 3e-3, "warmup_steps": 20, "checkpoint_every": steps,
              "threads": 1}
 
     def base(name, seed, *, model=None, world_over=None, role="base", note=""):

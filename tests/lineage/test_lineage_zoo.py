@@ -1,0 +1,153 @@
+"""The quick zoo end to end: recipes, decisions, bad inputs, CLI and bench."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from govlab.errors import GovlabError
+from govlab.lineage.api import lineage, lineage_from_features, load_pool
+from govlab.lineage.sampling import load_model
+from govlab.lineage.study import evaluate
+
+GOVLAB = [str(Path(sys.executable).parent / "govlab")]
+K = 100
+
+
+def govlab(*args, cwd=None):
+    return subprocess.run(GOVLAB + list(args), capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_zoo_has_the_recipes_it_promises(quick_zoo):
+    roles = {m.name: m.role for m in quick_zoo.models}
+    assert sum(r == "base" for r in roles.values()) >= 6 and roles["outsider"] == "outsider"
+    assert {m.expected for m in quick_zoo.targets} == {"base_a", "base_b", "base_c", "base_d", "base_e", None}
+    configs = {m.name: json.loads((quick_zoo.root / m.path / "recipe.json").read_text())
+               for m in quick_zoo.models}
+    seeds = {configs[b.name]["config"]["train"]["seed"] for b in quick_zoo.bases}
+    assert len(seeds) == len(quick_zoo.bases)
+    model = {n: configs[n]["config"]["model"] for n in ("base_a", "base_c", "base_d")}
+    assert model["base_c"]["channels"] != model["base_a"]["channels"]
+    assert model["base_d"]["text_layers"] != model["base_a"]["text_layers"]
+    assert configs["base_e"]["config"]["world"] != configs["base_a"]["config"]["world"]
+    assert configs["b_lora"]["lora_rank"] > 0 and len(configs["c_twice"]["rounds"]) == 2
+    with safe_open(str(quick_zoo.root / quick_zoo.get("b_lora").path / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "lora" in k]  # merged into the weights
+
+
+@pytest.fixture(scope="module")
+def verdicts(quick_zoo, zoo_features):
+    return {v.target: v for v in evaluate(quick_zoo, zoo_features)}
+
+
+# Measured on the quick zoo (k=100, world encoder, Gaussian JS, the 5 selected prompts): these come
+# out NULL. 300-step bases barely follow prompts (worst-case support 0.16-0.22, chance ~0.15), so the
+# pool's own distances are small and spread, and T = mu - 1.64 sigma (0.33-0.37) falls below what even
+# a 60-step fine-tune keeps from its base (0.37-0.42). Strict: a fix must turn these into passes.
+KNOWN_MISSES = {
+    "a_full_new": "NULL: full fine-tune on new data is farther from base_a (0.63) than from base_b/d (0.53)",
+    "c_twice": "NULL: closest is base_c (0.37, next 0.58) but above the NULL threshold (0.33)",
+    "d_low_lr": "NULL: closest is base_d (0.42, next 0.65) but above the NULL threshold (0.35)",
+    "e_same": "NULL: fine-tune on base_e's own mixture ends nearer base_d (0.80) than base_e (0.83)",
+}
+
+
+@pytest.mark.parametrize("target", ["a_full_new", "b_lora", "c_twice", "d_low_lr", "e_same", "outsider",
+                                    "outsider_ft"])
+def test_quick_zoo_decision(verdicts, target, request):
+    if target in KNOWN_MISSES:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[target]))
+    v = verdicts[target]
+    assert v.result.base == v.expected, (v.result.base, [x.vote for x in v.result.votes])
+
+
+def test_lineage_api_matches_precomputed_features(quick_zoo, zoo_prompts, verdicts):
+    result = lineage(quick_zoo.root / "targets" / "d_low_lr", quick_zoo.pool_dir, zoo_prompts, k=K)
+    assert result.to_dict() == verdicts["d_low_lr"].result.to_dict()
+
+
+def test_base_left_out_of_the_pool_is_null(quick_zoo, zoo_features):
+    """The paper's scenario 5: a base removed from the pool is a from-scratch model to the rest."""
+    pool = [m.name for m in quick_zoo.bases]
+    result = lineage_from_features(zoo_features, pool[1:], pool[0])
+    assert result.decision == "NULL", [v.vote for v in result.votes]
+
+
+# --- bad inputs ------------------------------------------------------------------------------------------
+
+
+def test_pool_with_two_bases_is_refused(quick_zoo, tmp_path):
+    for name in ("base_a", "base_b"):
+        shutil.copytree(quick_zoo.pool_dir / name, tmp_path / name)
+    with pytest.raises(GovlabError, match="has 2 base model\\(s\\); the NULL z-test needs at least 3"):
+        load_pool(tmp_path)
+
+
+def test_small_k_and_failing_target_are_refused(quick_zoo):
+    with pytest.raises(GovlabError, match="k=5 is smaller than the Isomap neighbourhood n_neighbors=10"):
+        lineage(quick_zoo.root / "targets" / "b_lora", quick_zoo.pool_dir, ["a circle"], k=5)
+
+    def broken(prompts, seed):
+        raise ValueError("model server unreachable")
+
+    with pytest.raises(GovlabError, match="'api' failed to generate .*unreachable"):
+        lineage(load_model(broken, name="api"), quick_zoo.pool_dir, ["a red circle center, by artist 0"], k=20)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--k", "5"], "k=5 is smaller than the Isomap neighbourhood"),
+    (["--method", "cosine"], "unknown --method 'cosine'"),
+    (["--prompt-file", "/nonexistent"], "prompt file not found"),
+])
+def test_cli_bad_input_is_one_line(quick_zoo, args, message):
+    proc = govlab("lineage", "--target", str(quick_zoo.root / "targets" / "b_lora"), "--pool",
+                  str(quick_zoo.pool_dir), *args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_cli_small_pool_is_one_line(quick_zoo, tmp_path):
+    for name in ("base_a", "base_b"):
+        shutil.copytree(quick_zoo.pool_dir / name, tmp_path / name)
+    proc = govlab("lineage", "--target", str(quick_zoo.root / "targets" / "b_lora"), "--pool", str(tmp_path))
+    assert proc.returncode == 2 and "needs at least 3" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# --- CLI and bench --------------------------------------------------------------------------------------------
+
+
+def test_cli_lineage_json(quick_zoo, zoo_prompts, verdicts, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# selected test prompts\n" + "\n".join(zoo_prompts) + "\n")
+    proc = govlab("lineage", "--target", str(quick_zoo.root / "targets" / "d_low_lr"), "--pool",
+                  str(quick_zoo.pool_dir), "--prompt-file", str(prompts), "--k", str(K), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = verdicts["d_low_lr"].result
+    assert out["decision"] == expected.decision and out["base"] == expected.base
+    assert set(out["distances"]) == {m.name for m in quick_zoo.bases} and out["method"] == "gaussian"
+    assert [v["prompt"] for v in out["votes"]] == zoo_prompts and isinstance(out["threshold"], float)
+    assert isinstance(out["correlated_bases"], list) and out["k"] == K
+
+
+def test_cli_zoo_build_reuses_finished_models(quick_zoo, tmp_path):
+    out = tmp_path / "zoo"
+    shutil.copytree(quick_zoo.root, out)
+    (out / "zoo.json").unlink()
+    proc = govlab("zoo", "build", str(out), "--quick", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["pool"] == str(out / "pool") and len(result["models"]) == len(quick_zoo.models)
+    assert (out / "zoo.json").is_file()
+
+
+def test_bench_lineage_quick_json(quick_zoo, zoo_features):
+    proc = govlab("bench", "lineage", "--quick", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["models"] == 8 and out["k"] == 100 and 0 <= out["accuracy"] <= 1
