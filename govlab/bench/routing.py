@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 
 import torch
 
-from govlab.bench.train import interleaved
+from govlab.bench.train import paired_ratio, timings
 from govlab.config import from_dict, load_config
 from govlab.data.cache import run_dataset
 from govlab.routing import RoutedAdamW, attach, prepare
@@ -63,19 +64,20 @@ def bench_routing(*, quick: bool = False) -> dict:
         leak_plain = leakage(model, router, ctx.records, batch, routed=False)
         routed.sampler.load_state_dict({"epoch": 0, "pos": 0, "excluded": []})
 
-        med = interleaved({
+        times = timings({
             "routed": lambda: routed.train_step(routed.make_context()),
             "plain": lambda: plain.train_step(plain.make_context()),
             "off": lambda: off.train_step(off.make_context()),
             "routed_shared": lambda: routed_sh.train_step(routed_sh.make_context()),
             "plain_shared": lambda: plain_sh.train_step(plain_sh.make_context()),
             "naive": naive_step,
-        }, repeats=8 if quick else 30)
+        }, repeats=16 if quick else 40)
+    med = {k: statistics.median(v) for k, v in times.items()}
     return {
-        "overhead_ratio": round(med["routed"] / med["plain"], 4),
-        "naive_ratio": round(med["naive"] / med["plain"], 4),
-        "overhead_ratio_shared_batch": round(med["routed_shared"] / med["plain_shared"], 4),
-        "expansion_ratio": round(med["plain"] / med["off"], 4),
+        "overhead_ratio": round(paired_ratio(times, "routed", "plain"), 4),
+        "naive_ratio": round(paired_ratio(times, "naive", "plain"), 4),
+        "overhead_ratio_shared_batch": round(paired_ratio(times, "routed_shared", "plain_shared"), 4),
+        "expansion_ratio": round(paired_ratio(times, "plain", "off"), 4),
         "routed_step_s": round(med["routed"], 4), "plain_step_s": round(med["plain"], 4),
         "naive_step_s": round(med["naive"], 4), "off_step_s": round(med["off"], 4),
         "leakage": max(leak.values()), "leakage_unrouted": round(max(leak_plain.values()), 6),

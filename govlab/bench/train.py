@@ -29,8 +29,8 @@ def plain_step(model, opt, images, tokens, rng, batch_size):
     return loss.item()
 
 
-def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds of each callable, run alternately so drift hits all of them alike."""
+def timings(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each callable per round, run alternately so drift hits all of them alike."""
     times = {k: [] for k in fns}
     for r in range(warmup + repeats):
         for k, fn in fns.items():
@@ -38,7 +38,18 @@ def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
             fn()
             if r >= warmup:
                 times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each callable, run alternately (see ``timings``)."""
+    return {k: statistics.median(v) for k, v in timings(fns, repeats, warmup).items()}
+
+
+def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over rounds of ``num``'s time over ``den``'s time in the same round: a slowdown of the
+    whole machine during one round cancels out instead of landing on one side."""
+    return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
 def bench_train(*, quick: bool = False) -> dict:
@@ -51,10 +62,11 @@ def bench_train(*, quick: bool = False) -> dict:
         model = trainer.model
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         rng = torch.Generator().manual_seed(0)
-        med = interleaved({
+        times = timings({
             "govlab": lambda: trainer.train_step(trainer.make_context()),
             "plain": lambda: plain_step(model, opt, trainer.images, trainer.tokens, rng, cfg.train.batch_size),
-        }, repeats=8 if quick else 30)
+        }, repeats=16 if quick else 40)
+    med = {k: statistics.median(v) for k, v in times.items()}
     return {"step_s": round(med["govlab"], 4), "plain_step_s": round(med["plain"], 4),
-            "ratio": round(med["govlab"] / med["plain"], 4), "batch_size": cfg.train.batch_size,
+            "ratio": round(paired_ratio(times, "govlab", "plain"), 4), "batch_size": cfg.train.batch_size,
             "image_size": cfg.model.image_size, "quick": quick}
