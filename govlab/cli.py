@@ -98,6 +98,90 @@ def attenuate(run: Path, source: str = typer.Option(..., help="Source whose slot
          f"others {b['style_acc_others']} -> {a['style_acc_others']} (chance {a['chance_style']})")
 
 
+@app.command()
+def query(run: Path, source: Optional[str] = typer.Option(None, help="Which bands this source influenced."),
+          band: Optional[str] = typer.Option(None, help="Which sources influenced this band."),
+          as_json: bool = JSON):
+    """Ask a run's provenance index which source changed which band, by how much and when."""
+    from govlab.provenance.index import ProvenanceIndex
+
+    index = ProvenanceIndex.open(run_dir(run))
+    if source and band:
+        r = index.cell(source, band)
+        human = "\n".join(f"checkpoint {c}: grad_norm_sq {g:.6g} update_share {u:.6g}"
+                          for c, g, u in zip(r["checkpoints"], r["grad_norm_sq"], r["update_share"]))
+    elif source:
+        r = index.bands_of(source)
+        human = "\n".join(f"{b:24s} grad_norm_sq {v['grad_norm_sq']:.6g} update_share {v['update_share']:.6g} "
+                          f"share over time {v['share_over_time']}" for b, v in r["bands"].items())
+    elif band:
+        r = index.sources_of(band)
+        human = "\n".join(f"{s['source']:16s} share {s['share']:.4f} grad_norm_sq {s['grad_norm_sq']:.6g}"
+                          for s in r["sources"])
+    else:
+        r = index.summary()
+        human = "\n".join(f"{s:16s} " + " ".join(f"{b}={v:.3g}" for b, v in row.items())
+                          for s, row in r["grad_norm_sq"].items())
+    emit(r, as_json, human)
+
+
+@app.command()
+def attribute(run: Path, prompt: str = typer.Option(..., help="Prompt whose generations to attribute."),
+              method: str = typer.Option("structural", help="Attribution method (structural, tracin, dtrak)."),
+              n: int = typer.Option(4, "-n", help="Generations per ablation."),
+              steps: int = typer.Option(8, help="Sampler steps."),
+              seed: int = typer.Option(0, help="Sampling seed."),
+              as_json: bool = JSON):
+    """Rank the sources behind a prompt's generations."""
+    import govlab.attribution.api  # noqa: F401  (registers tracin, dtrak)
+    from govlab.provenance.attribute import attribute as run_attribution
+
+    r = run_attribution(run_dir(run), prompt, method=method, n=n, steps=steps, seed=seed)
+    emit(r, as_json, "\n".join(f"{s['source']:16s} {s['score']:.6f}" for s in r["sources"])
+         + f"\n({method}, {r['time_s']} s)")
+
+
+@app.command()
+def attest(run: Path, as_json: bool = JSON):
+    """Write the run's training-content attestation (attestation.md and .json)."""
+    from govlab.provenance.attest import attest as run_attest
+
+    r = run_attest(run_dir(run), progress=not as_json)
+    emit(r, as_json, (Path(run) / "attestation.md").read_text())
+
+
+@app.command()
+def verify(run: Path, as_json: bool = JSON):
+    """Check every artifact of a run against its manifest.json; exits 1 naming what changed."""
+    from govlab.provenance.manifest import verify as run_verify
+
+    problems = run_verify(run_dir(run))
+    emit({"run": str(run), "ok": not problems, "problems": problems}, as_json,
+         "\n".join(problems) if problems else f"{run}: every artifact matches manifest.json")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command("audit-memorization")
+def audit_memorization(run: Path, n: int = typer.Option(4, "-n", help="Generations per caption."),
+                       sample: Optional[int] = typer.Option(None, help="Audit this many random captions "
+                                                            "(default: every training caption)."),
+                       steps: Optional[int] = typer.Option(None, help="Sampler steps (default: the run's eval steps)."),
+                       seed: int = typer.Option(0, help="Sampling seed."),
+                       as_json: bool = JSON):
+    """Count training images a run reproduces from their captions (ratio criterion, pixel and feature space)."""
+    from govlab.memorization.audit import audit_run
+
+    r = audit_run(run_dir(run), sample=sample, n=n, steps=steps, seed=seed, progress=not as_json)
+    summary = {k: v for k, v in r.items() if k != "items"}
+    emit(summary, as_json, "\n".join(
+        [f"{it['file']}  pixel ratio {it['pixel_ratio']}  feature ratio {it.get('feature_ratio')}  {it['caption']}"
+         for it in r["reproduced"]]
+        + [f"extraction rate: pixel {r['extraction_rate']}, feature {r.get('extraction_rate_feature')} "
+           f"({r['captions']} captions x {n}); planted: pixel {r.get('extraction_rate_planted')}, "
+           f"feature {r.get('extraction_rate_planted_feature')}", f"grid: {r['grid']}", f"json: {r['json']}"]))
+
+
 zoo_app = typer.Typer(no_args_is_help=True, help="A model zoo with known lineage.")
 app.add_typer(zoo_app, name="zoo")
 
@@ -155,6 +239,18 @@ def lineage(target: Path = typer.Option(..., help="Run directory or .safetensors
                       for b, d in distances.items())
     emit(out, as_json, f"{target}: {verdict}\nvotes per prompt: {', '.join(votes)}\n"
          f"mean distance to each base ({method} JS):\n{rows}\nmean NULL threshold: {threshold:.3f}")
+
+
+@app.command()
+def explore(runs: list[Path] = typer.Argument(..., help="Run directories (e.g. a routed and an unrouted run)."),
+            port: int = typer.Option(5006, help="Port to serve on (loopback only)."),
+            show: bool = typer.Option(False, help="Open a browser tab.")):
+    """Serve the Panel explorer for RUNS at http://127.0.0.1:PORT/explorer."""
+    from govlab.explore.serve import check_runs, serve
+
+    check_runs(runs)
+    print(f"govlab explorer: http://127.0.0.1:{port}/explorer (Ctrl-C stops it)", flush=True)
+    serve(runs, port=port, show=show)
 
 
 @app.command()

@@ -12,7 +12,9 @@ import yaml
 from govlab.data.world import WorldConfig
 from govlab.errors import GovlabError
 from govlab.io import sha256_json
+from govlab.memorization.config import MemorizationConfig
 from govlab.models.unet import ModelConfig
+from govlab.provenance.config import ProvenanceConfig
 from govlab.routing.config import RoutingConfig
 
 
@@ -51,16 +53,24 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def hash(self) -> str:
-        return sha256_json(self.to_dict())[:16]
+        d = self.to_dict()
+        if self.memorization == MemorizationConfig():  # hashes of runs from before the section
+            del d["memorization"]
+        if self.provenance == ProvenanceConfig():  # likewise
+            del d["provenance"]
+        return sha256_json(d)[:16]
 
 
 SECTIONS = {"world": WorldConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
-            "routing": RoutingConfig}
+            "routing": RoutingConfig, "memorization": MemorizationConfig,
+            "provenance": ProvenanceConfig}
 
 
 def _build(cls, values: dict, where: str):

@@ -10,6 +10,9 @@ from govlab.eval.classifiers import load_evaluator
 from govlab.eval.scores import score_model
 from govlab.hooks import Hook
 from govlab.io import write_json
+from govlab.memorization.monitor import attach as attach_monitor
+from govlab.provenance.hook import attach as attach_provenance
+from govlab.provenance.manifest import write_manifest
 from govlab.report import save_sample_grids, write_report
 from govlab.routing.hook import attach
 from govlab.train import Trainer, clear_run
@@ -19,12 +22,15 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: l
               progress: bool = True) -> dict:
     """Train, evaluate and report; returns a summary with the run directory and scores."""
     out = Path(out)
-    if not resume:
-        clear_run(out)
     dataset = run_dataset(cfg, progress=progress)
     sources = dataset.sources  # scored on every source, also those rejected at ingestion
     dataset, routing_hooks = attach(cfg, dataset)
-    trainer = Trainer(cfg, dataset, out, hooks=[*routing_hooks, *hooks], progress=progress).fit(resume=resume)
+    dataset, provenance_hooks = attach_provenance(cfg, dataset, sources)  # may refuse: before clearing
+    if not resume:
+        clear_run(out)
+    monitor_hooks = attach_monitor(cfg, dataset)
+    trainer = Trainer(cfg, dataset, out, hooks=[*routing_hooks, *monitor_hooks, *provenance_hooks, *hooks],
+                      progress=progress).fit(resume=resume)
     evaluator, acc = load_evaluator(cfg.model.image_size, progress=progress)
     e = cfg.eval
     scores, images, probes = score_model(trainer.model, sources, per_prompt=e.per_prompt,
@@ -33,6 +39,7 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: l
     write_json(out / "scores.json", {"scores": scores, "evaluator_accuracy": acc})
     report = write_report(out, cfg=cfg, scores=scores, evaluator_acc=acc,
                           train_seconds=trainer.seconds, n_records=len(dataset), grids=grids)
+    write_manifest(out)  # last: the sha256 of every artifact
     return {"run": str(out), "report": str(report), "steps": trainer.step,
             "train_seconds": round(trainer.seconds, 2), **{k: v for k, v in scores.items()
                                                            if not isinstance(v, dict)}}

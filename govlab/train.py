@@ -24,6 +24,7 @@ from govlab.models.diffusion import TextToImage, to_float
 from govlab.models.text import CaptionTokenizer
 
 CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_DIR = "checkpoints"  # step_NNNNNN.safetensors: model weights at each checkpoint
 
 
 class EpochSampler:
@@ -160,6 +161,8 @@ class Trainer:
 
     def checkpoint(self) -> None:
         save_state(self.out / CHECKPOINT, self.state_dict())
+        # weights of every checkpoint, kept for checkpoint-based attribution (TracIn, D-TRAK)
+        self.model.save(self.out / CHECKPOINT_DIR / f"step_{self.step:06d}.safetensors")
         for h in self.hooks:
             h.on_checkpoint(self, self.step)
 

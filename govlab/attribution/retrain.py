@@ -1,0 +1,52 @@
+"""Ground truth by retraining: the same training loop on the dataset filtered to a subset of sources,
+each run cached under the cache dir by (config hash, kept sources)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from govlab.config import RunConfig
+from govlab.data.cache import cache_dir
+from govlab.data.dataset import Dataset
+from govlab.errors import GovlabError
+from govlab.io import sha256_json
+from govlab.models.diffusion import TextToImage
+from govlab.routing.hook import attach
+from govlab.train import Trainer, build_model
+
+
+def retrain_key(cfg: RunConfig, sources: list[str]) -> str:
+    return sha256_json({"config": cfg.hash(), "sources": sorted(sources)})[:16]
+
+
+def retrain_dir(cfg: RunConfig, sources: list[str]) -> Path:
+    """Where the run trained on ``sources`` lives (its ``model.safetensors`` once finished)."""
+    return cache_dir("attribution", "retrain") / retrain_key(cfg, sources)
+
+
+def retrain(cfg: RunConfig, dataset: Dataset, sources: list[str]) -> Path:
+    """Train ``cfg`` on the records of ``sources`` only, or reuse the cached run; returns its directory.
+
+    The model starts from the same initial weights and caption vocabulary as a run on the whole
+    dataset, so runs differ only by their data."""
+    unknown = sorted(set(sources) - set(dataset.sources))
+    if unknown:
+        raise GovlabError(f"retrain: unknown source {unknown[0]!r} (known: {', '.join(dataset.sources)})")
+    out = retrain_dir(cfg, sources)
+    if (out / "model.safetensors").is_file():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    keep = [i for i, r in enumerate(dataset.records) if r["source_id"] in set(sources)]
+    data, hooks = attach(cfg, dataset.subset(keep))
+    Trainer(cfg, data, out, hooks=hooks, model=build_model(cfg, dataset), progress=False).fit()
+    return out
+
+
+def retrain_all(cfg: RunConfig, dataset: Dataset, subsets: list[list[str]], *, desc: str = "retrain",
+                progress: bool = True) -> list[TextToImage]:
+    """The model trained on each subset (cached runs are loaded, the others trained)."""
+    return [TextToImage.load(retrain(cfg, dataset, s) / "model.safetensors")
+            for s in tqdm(subsets, desc=desc, disable=not progress)]

@@ -1,0 +1,68 @@
+"""``govlab bench index``: cost of the provenance writer, size of the index, speed of its queries."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from govlab.bench.train import paired_ratio, timings
+from govlab.config import from_dict, load_config
+from govlab.data.cache import run_dataset
+from govlab.provenance.config import ProvenanceConfig
+from govlab.provenance.index import ProvenanceIndex
+from govlab.provenance.writer import INDEX, ProvenanceWriter, band_of_params
+from govlab.train import Trainer
+
+
+def index_bytes(n_records: int, band_of: dict, sources: list[str], checkpoints: int, out: Path) -> int:
+    """Bytes of a cohort index over ``n_records`` records (random figures, real writer code path)."""
+    records = [{"source_id": sources[i % len(sources)]} for i in range(n_records)]
+    w = ProvenanceWriter(ProvenanceConfig(enabled=True), sources)
+    w.setup(records, band_of, {"format": "govlab-provenance-1", "granularity": "cohort"})
+    w.out, w.hooks = out, []
+    g = torch.Generator().manual_seed(0)
+    for c in range(checkpoints):
+        for k in ("grad_norm_sq", "update_share"):
+            w.acc[k] += torch.rand(w.acc[k].shape, generator=g, dtype=torch.float64)
+        w.acc["steps_seen"] += 1
+        w.on_checkpoint(None, (c + 1) * 100)
+    return (out / INDEX).stat().st_size
+
+
+def bench_index(*, quick: bool = False) -> dict:
+    """Step with the index writer over step without (same process, interleaved rounds, paired
+    ratio), index bytes for 1k and 100k records, query milliseconds."""
+    cfg = load_config("smoke" if quick else "demo")
+    dataset = run_dataset(cfg, progress=False)
+    pcfg = ProvenanceConfig(enabled=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Trainer(cfg, dataset, f"{tmp}/p", progress=False)
+        writer = ProvenanceWriter(pcfg, dataset.sources)
+        indexed = Trainer(from_dict({"provenance": {"enabled": True}}, base=cfg), dataset, f"{tmp}/i",
+                          hooks=[writer], progress=False)
+        indexed.model.load_state_dict(plain.model.state_dict())
+        writer.on_start(indexed)
+        times = timings({"plain": lambda: plain.train_step(plain.make_context()),
+                         "indexed": lambda: indexed.train_step(indexed.make_context())},
+                        repeats=16 if quick else 40)
+        band_of = band_of_params(indexed.model, cfg.routing)
+        out = Path(tmp) / "sizes"
+        b1k = index_bytes(1_000, band_of, dataset.sources, 8, out / "1k")
+        b100k = index_bytes(100_000, band_of, dataset.sources, 8, out / "100k")
+        q = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            index = ProvenanceIndex.open(out / "100k", check_model=False)
+            index.bands_of(dataset.sources[0])
+            index.sources_of(index.ds["band"].values[0])
+            q.append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"overhead_ratio": round(paired_ratio(times, "indexed", "plain"), 4),
+            "step_s": round(med["plain"], 4), "indexed_step_s": round(med["indexed"], 4),
+            "bytes_1k": b1k, "bytes_100k": b100k, "query_ms": round(1000 * statistics.median(q), 2),
+            "sources": len(dataset.sources), "batch_size": cfg.train.batch_size, "granularity": "cohort",
+            "quick": quick}

@@ -1,0 +1,7 @@
+"""The explorer's data layer: runs and their files (``runs``), HoloViews/Datashader views
+(``views``), the attenuation preview (``preview``), serving (``serve``) and a synthetic index
+fixture (``synthetic``). The Panel app itself is ``apps/explorer.py``."""
+
+from govlab.explore.runs import METRICS, Run, load_runs, open_index, validate_index
+
+__all__ = ["METRICS", "Run", "load_runs", "open_index", "validate_index"]

@@ -1,0 +1,123 @@
+"""The extraction audit: generate from training captions and count training images reproduced under
+the ratio criterion, in pixel space and in the world encoder's feature space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from govlab.errors import GovlabError
+from govlab.io import write_json
+from govlab.memorization.detectors import MEMORIZED_RATIO, distances, pixel_features, unique_images, world_features
+
+AUDIT_DIR = "memorization"
+
+
+def _rate(flags) -> float | None:
+    return round(float(np.mean(flags)), 4) if len(flags) else None
+
+
+def audit(model, dataset, *, rows: list[int] | None = None, n: int = 4, steps: int = 20, guidance: float = 3.0,
+          seed: int = 0, evaluator=None, progress: bool = True) -> tuple[dict, torch.Tensor]:
+    """Generate ``n`` images per distinct caption of ``rows`` (default: all) and test each against
+    its own training image(s): reproduced when own / next-nearest distance < 1/3 for some generation.
+
+    Returns the result (rates overall, for planted duplicates and for the others, the reproduced
+    list) and the (training image, closest generation) pairs, one per caption, for the grid."""
+    if n < 1:
+        raise GovlabError(f"-n must be >= 1, got {n}")
+    rows = list(range(len(dataset))) if rows is None else rows
+    uniq, image_of = unique_images(dataset.images)
+    own: dict[str, set[int]] = {}
+    for i, r in enumerate(dataset.records):
+        own.setdefault(r["caption"], set()).add(int(image_of[i]))
+    captions = list(dict.fromkeys(dataset.records[r]["caption"] for r in rows))
+    chunk = max(1, 256 // n)
+    gens = torch.cat([model.generate([c for c in captions[i:i + chunk] for _ in range(n)], seed=seed + i,
+                                     steps=steps, guidance=guidance)
+                      for i in tqdm(range(0, len(captions), chunk), desc="audit", disable=not progress)])
+    spaces = {"pixel": pixel_features}
+    if evaluator is not None:
+        spaces["feature"] = world_features(evaluator)
+    ratios = {}
+    for space, feats in spaces.items():
+        d = distances(feats(gens), feats(uniq))
+        out = []
+        for k, c in enumerate(captions):
+            dk = d[k * n:(k + 1) * n]
+            cols = sorted(own[c])
+            d_own = dk[:, cols].min(dim=1).values
+            dk = dk.clone()
+            dk[:, cols] = float("inf")
+            out.append((d_own / dk.min(dim=1).values.clamp_min(1e-12)).min().item())
+        ratios[space] = out
+    first_row = {}
+    for r in rows:
+        first_row.setdefault(dataset.records[r]["caption"], r)
+    items = []
+    for k, c in enumerate(captions):
+        rec = dataset.records[first_row[c]]
+        items.append({"row": first_row[c], "file": rec["file_name"], "caption": c,
+                      "planted": rec.get("duplicate_group", -1) >= 0,
+                      "copies": sum(1 for x in dataset.records if x["caption"] == c),
+                      **{f"{s}_ratio": round(ratios[s][k], 4) for s in spaces},
+                      **{s: ratios[s][k] < MEMORIZED_RATIO for s in spaces}})
+    result = {"captions": len(captions), "n": n, "generations": len(gens), "steps": steps,
+              "criterion": f"own / next-nearest l2 < {MEMORIZED_RATIO:.4f}", "spaces": list(spaces)}
+    has_truth = all("duplicate_group" in dataset.records[r] for r in rows)
+    for s in spaces:
+        suffix = "" if s == "pixel" else f"_{s}"
+        result[f"extraction_rate{suffix}"] = _rate([it[s] for it in items])
+        if has_truth:
+            result[f"extraction_rate_planted{suffix}"] = _rate([it[s] for it in items if it["planted"]])
+            result[f"extraction_rate_others{suffix}"] = _rate([it[s] for it in items if not it["planted"]])
+    result["reproduced"] = [it for it in items if any(it[s] for s in spaces)]
+    result["items"] = items
+    # one (training image, closest generation) pair per caption, most reproduced first
+    order = sorted(range(len(captions)), key=lambda k: ratios["pixel"][k])
+    pixel_d = distances(pixel_features(gens), pixel_features(uniq))
+    pairs = []
+    for k in order:
+        col = min(own[captions[k]])
+        best = int(pixel_d[k * n:(k + 1) * n, col].argmin())
+        pairs += [uniq[col], gens[k * n + best]]
+    return result, torch.stack(pairs)
+
+
+def audit_run(run: str | Path, *, sample: int | None = None, n: int = 4, steps: int | None = None,
+              seed: int = 0, progress: bool = True) -> dict:
+    """Audit a trained run; writes ``RUN/memorization/audit.json`` and ``audit_grid.png``."""
+    from govlab.config import from_dict, read_yaml
+    from govlab.data.cache import run_dataset
+    from govlab.eval.classifiers import load_evaluator
+    from govlab.models.diffusion import TextToImage
+    from govlab.report import image_grid, save_png
+
+    run = Path(run)
+    if not (run / "config.yaml").is_file():
+        raise GovlabError(f"{run}: not a govlab run directory (no config.yaml)")
+    cfg = from_dict(read_yaml(run / "config.yaml"), where=str(run / "config.yaml"))
+    if cfg.data and not (Path(cfg.data) / "metadata.jsonl").is_file():
+        raise GovlabError(f"{run}: the audit needs the training data, but the run's data folder "
+                          f"{cfg.data} (config.yaml 'data') is not accessible")
+    if sample is not None and sample < 1:
+        raise GovlabError(f"--sample must be >= 1, got {sample}")
+    model = TextToImage.load(run / "model.safetensors")
+    dataset = run_dataset(cfg, progress=progress)
+    rows = None
+    if sample is not None:
+        rng = np.random.default_rng(seed)
+        firsts = list({r["caption"]: i for i, r in reversed(list(enumerate(dataset.records)))}.values())
+        rows = sorted(rng.choice(firsts, size=min(sample, len(firsts)), replace=False).tolist())
+    evaluator = load_evaluator(cfg.model.image_size, progress=progress)[0]
+    result, pairs = audit(model, dataset, rows=rows, n=n, steps=steps or cfg.eval.steps,
+                          guidance=cfg.eval.guidance, seed=seed, evaluator=evaluator, progress=progress)
+    out = run / AUDIT_DIR
+    grid = out / "audit_grid.png"
+    save_png(image_grid(pairs, ncol=16), grid)
+    result = {"run": str(run), **result, "grid": str(grid), "json": str(out / "audit.json")}
+    write_json(out / "audit.json", result)
+    return result

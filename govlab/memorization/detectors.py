@@ -1,0 +1,110 @@
+"""Memorization detectors and the ratio criterion: small pure functions of a model and images.
+
+- ``noise_magnitude`` (Wen et al., ICLR 2024): how strongly a caption pulls the noise prediction
+  away from the unconditional one at early sampling steps; no sampling loop.
+- ``regeneration_scores``: sample a caption with several seeds and compare each generation's
+  distance to the caption's own training image with its distance to the next-nearest one.
+- ``mem_ratio`` (Gu et al. 2023, sail-sg/DiffMemorize ``mem_ratio.py``): nearest / second-nearest
+  l2 distance to the training images, normalised by sqrt(dimension); memorized below 1/3. It is
+  measured in pixel space and in the feature space of the world's own image encoder (copy
+  detection as Somepalli et al. do with SSCD features).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from govlab.models.diffusion import to_float
+
+MEMORIZED_RATIO = 1 / 3
+Features = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (N, 3, S, S) -> (N, D)
+
+
+@torch.no_grad()
+def noise_magnitude(model, tokens: torch.Tensor, *, noises: int = 2, timesteps=(800,), seed: int = 0,
+                    batch_size: int = 512) -> torch.Tensor:
+    """||eps(x_t, c) - eps(x_t, null)|| / sqrt(C*H*W) per caption ``(B,)``, for pure-noise ``x_t`` at
+    the given early timesteps, averaged over ``noises`` draws (the same draws for every caption)."""
+    s = model.cfg.image_size
+    x = torch.randn(noises, 3, s, s, generator=torch.Generator().manual_seed(seed))
+    was_training = model.training
+    model.eval()
+    cond, null = model.text(tokens), model.text(model.tokenizer([""]))
+    total = torch.zeros(len(tokens))
+    for t in timesteps:
+        for xn in x:
+            eps_u = model.predict_noise(xn[None], t, null)
+            for i in range(0, len(tokens), batch_size):
+                c = cond[i:i + batch_size]
+                eps_c = model.predict_noise(xn.expand(len(c), -1, -1, -1), t, c)
+                total[i:i + batch_size] += (eps_c - eps_u).flatten(1).norm(dim=1)
+    model.train(was_training)
+    return total / (len(timesteps) * noises * math.sqrt(3 * s * s))
+
+
+def pixel_features(images: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1], flattened: the literature's space."""
+    return to_float(images).flatten(1)
+
+
+def world_features(evaluator) -> Features:
+    """The world evaluator's embedding (its penultimate layer): copy detection in feature space."""
+    @torch.no_grad()
+    def features(images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([evaluator.features(images[i:i + 512]) for i in range(0, len(images), 512)])
+    return features
+
+
+def unique_images(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-identical images merged: (unique images, index of each input image among them)."""
+    uniq, inverse = torch.unique(images.flatten(1), dim=0, return_inverse=True)
+    return uniq.view(-1, *images.shape[1:]), inverse
+
+
+def distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """l2 distances ``(len(a), len(b))`` normalised by sqrt(dimension)."""
+    return torch.cdist(a.double(), b.double()) / math.sqrt(a.shape[1])
+
+
+def mem_ratio(gen: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per generation: (nearest / second-nearest distance to ``train``, index of the nearest).
+
+    ``train`` must hold distinct images (see ``unique_images``)."""
+    d, i = distances(gen, train).topk(2, dim=1, largest=False)
+    return d[:, 0] / d[:, 1].clamp_min(1e-12), i[:, 0]
+
+
+def own_ratio(gen: torch.Tensor, own: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
+    """Per generation: distance to its own training image ``train[own]`` / distance to the nearest other."""
+    d = distances(gen, train)
+    rows = torch.arange(len(gen))
+    d_own = d[rows, own]
+    d[rows, own] = math.inf
+    return d_own / d.min(dim=1).values.clamp_min(1e-12)
+
+
+def regeneration_scores(model, captions: list[str], own: torch.Tensor, train_features: torch.Tensor,
+                        features: Features = pixel_features, *, seeds: int = 4, steps: int = 8,
+                        guidance: float = 3.0, seed: int = 0) -> torch.Tensor:
+    """1 - min(1, best own-image ratio over ``seeds`` generations) per caption ``(B,)``: above 2/3
+    when some generation is a copy under the ratio criterion. ``own``: row of each caption's image
+    in ``train_features`` (features of distinct training images)."""
+    images = model.generate([c for c in captions for _ in range(seeds)], seed=seed, steps=steps,
+                            guidance=guidance)
+    ratio = own_ratio(features(images), own.repeat_interleave(seeds), train_features)
+    return 1 - ratio.view(len(captions), seeds).min(dim=1).values.clamp(max=1).float()
+
+
+def detection_auc(scores, positive) -> float | None:
+    """ROC AUC of ``scores`` separating ``positive`` (e.g. planted duplicates) from the rest; None
+    when one class is missing."""
+    from sklearn.metrics import roc_auc_score
+
+    positive = np.asarray(positive, bool)
+    if positive.all() or not positive.any():
+        return None
+    return round(float(roc_auc_score(positive, np.asarray(scores, float))), 4)

@@ -1,0 +1,81 @@
+"""The experiment of notebooks/03_memorization: one training per intervention, audited against the
+planted duplicates, with the detector's scores over training."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from govlab.config import RunConfig
+from govlab.data.cache import run_dataset
+from govlab.hooks import EventLog
+from govlab.memorization.audit import audit_run
+from govlab.memorization.detectors import detection_auc
+from govlab.memorization.monitor import read_monitor
+
+INTERVENTIONS = ("none", "attenuate", "regularize", "drop")
+
+
+def configs(cfg: RunConfig, interventions=INTERVENTIONS) -> dict[str, RunConfig]:
+    """One monitored config per intervention (``none``: monitor only, training as unmonitored)."""
+    return {i: replace(cfg, name=f"{cfg.name}-{i}",
+                       memorization=replace(cfg.memorization, mode="monitor", intervention=i))
+            for i in interventions}
+
+
+def score_curves(run: str | Path, records: list[dict]) -> list[dict]:
+    """Per monitor check: mean score of planted duplicates and of the others (one value per
+    distinct caption, latest score so far), the threshold and the detector's AUC."""
+    latest: dict[str, tuple[float, bool]] = {}
+    out = []
+    for h in read_monitor(run)["history"]:
+        for r, s in h["scores"].items():
+            latest[records[r]["caption"]] = (s, records[r].get("duplicate_group", -1) >= 0)
+        planted = [s for s, p in latest.values() if p]
+        others = [s for s, p in latest.values() if not p]
+        out.append({"step": h["step"], "threshold": h["threshold"],
+                    "planted": sum(planted) / len(planted) if planted else None,
+                    "others": sum(others) / len(others) if others else None,
+                    "auc": detection_auc([s for s, _ in latest.values()], [p for _, p in latest.values()])})
+    return out
+
+
+def first_flags(run: str | Path, records: list[dict]) -> dict:
+    """Step of the first flag on a planted duplicate and on any other sample, and flag counts."""
+    flags = [e for e in EventLog(Path(run) / "events.jsonl").read() if e["event"] == "memorization_flag"]
+    planted = [e for e in flags if records[e["sample"]].get("duplicate_group", -1) >= 0]
+    others = [e for e in flags if records[e["sample"]].get("duplicate_group", -1) < 0]
+    return {"first_flag_planted": min((e["step"] for e in planted), default=None),
+            "first_flag_others": min((e["step"] for e in others), default=None),
+            "flagged_planted": len(planted), "flagged_others": len(others),
+            "planted_rows": sum(1 for r in records if r.get("duplicate_group", -1) >= 0)}
+
+
+def run_experiment(cfg: RunConfig, workdir: str | Path, *, interventions=INTERVENTIONS, n: int = 4,
+                   sample: int | None = None, progress: bool = False) -> dict:
+    """Train and audit (``sample`` captions, default all) one run per intervention under ``workdir``;
+    writes ``experiment.json``."""
+    from govlab.io import write_json
+    from govlab.run import train_run
+
+    workdir = Path(workdir)
+    records = run_dataset(cfg, progress=progress).records
+    results = {}
+    for name, c in configs(cfg, interventions).items():
+        run = workdir / name
+        summary = train_run(c, run, progress=progress)
+        audit = audit_run(run, n=n, sample=sample, progress=progress)
+        curves = score_curves(run, records)
+        results[name] = {
+            "run": str(run), "style_acc": summary["style_acc"], "shape_acc": summary["shape_acc"],
+            "train_seconds": summary["train_seconds"],
+            **{k: v for k, v in audit.items() if k.startswith("extraction_rate")},
+            "auc_end": curves[-1]["auc"] if curves else None, "curves": curves,
+            **first_flags(run, records)}
+    write_json(workdir / "experiment.json", results)
+    return results
+
+
+def read_experiment(workdir: str | Path) -> dict:
+    return json.loads((Path(workdir) / "experiment.json").read_text())

@@ -1,0 +1,228 @@
+"""The in-flight memorization monitor: a training-loop hook that scores, flags and intervenes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from govlab.data.dataset import Dataset
+from govlab.errors import GovlabError
+from govlab.hooks import Hook, StepContext
+from govlab.io import write_json
+from govlab.memorization.config import MemorizationConfig
+from govlab.memorization.detectors import noise_magnitude, pixel_features, regeneration_scores, unique_images
+
+MONITOR_FILE = "memorization.json"
+FIRST_WORD = 3  # token ids below this are <pad>, <unk>, <null>
+
+
+def watch_rows(watch, dataset: Dataset) -> list[int] | None:
+    """Dataset rows of a watch list (rows or file names); None for ``all``/``rotating``."""
+    if isinstance(watch, str):
+        return None
+    by_name = {r["file_name"]: i for i, r in enumerate(dataset.records)}
+    rows, unknown = [], []
+    for w in watch:
+        if isinstance(w, int) and not isinstance(w, bool) and 0 <= w < len(dataset):
+            rows.append(w)
+        elif isinstance(w, str) and w in by_name:
+            rows.append(by_name[w])
+        else:
+            unknown.append(w)
+    if unknown:
+        raise GovlabError(f"memorization.watch names unknown samples {unknown[:5]} (give dataset rows "
+                          f"0..{len(dataset) - 1} or file names of the dataset)")
+    return sorted(set(rows))
+
+
+def calibrate(scores: list[float], k: float) -> float:
+    """median + k * MAD (scaled to a normal's standard deviation) of ``scores``."""
+    s = torch.tensor(scores, dtype=torch.float64)
+    med = s.median()
+    return float(med + k * 1.4826 * (s - med).abs().median())
+
+
+class MemorizationMonitor(Hook):
+    """Scores watched samples every ``cfg.every`` steps, flags those above the threshold, applies the
+    intervention to flagged samples and logs each flag and intervention to events.jsonl.
+
+    ``latest_scores`` maps dataset row -> latest score; ``flagged`` maps row -> step first flagged.
+    """
+
+    def __init__(self, cfg: MemorizationConfig, dataset: Dataset, *, guidance: float = 3.0):
+        self.cfg, self.guidance = cfg, guidance
+        self.records = dataset.records
+        self.watch = watch_rows(cfg.watch, dataset)
+        self.order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        uniq, self.image_of = unique_images(dataset.images)
+        self.train_features = pixel_features(uniq) if cfg.detector == "regeneration" else None
+        # rows sharing this key get one score: the caption (noise), or caption and image (regeneration)
+        self.keys = [(r["caption"], int(self.image_of[i]) if cfg.detector == "regeneration" else -1)
+                     for i, r in enumerate(dataset.records)]
+        self.rng = torch.Generator().manual_seed(cfg.seed + 1)
+        self.latest_scores: dict[int, float] = {}
+        self.flagged: dict[int, int] = {}
+        self.threshold = cfg.threshold
+        self.history: list[dict] = []
+        self.cursor = 0
+        self.applied: dict[str, set[int]] = {}
+        self._active: list[int] = []
+        self._noise_mask: torch.Tensor | None = None
+        self._handle = None
+
+    @property
+    def action(self) -> str:
+        if self.cfg.intervention == "regularize":
+            return f"regularize_{self.cfg.regularize}"
+        return self.cfg.intervention
+
+    # -- which samples, their scores -----------------------------------------------------------
+    def next_rows(self) -> list[int]:
+        if self.watch is not None:
+            return self.watch
+        if self.cfg.watch == "all":
+            return list(range(len(self.records)))
+        n = len(self.order)
+        rows = [self.order[(self.cursor + i) % n] for i in range(min(self.cfg.watch_size, n))]
+        self.cursor = (self.cursor + len(rows)) % n
+        return rows
+
+    def score(self, trainer, rows: list[int]) -> dict[int, float]:
+        """Detector score of each row (rows with the same key are scored once)."""
+        first: dict[tuple, int] = {}
+        for r in rows:
+            first.setdefault(self.keys[r], r)
+        reps = list(first.values())
+        c = self.cfg
+        if c.detector == "noise":
+            s = noise_magnitude(trainer.model, trainer.tokens[reps], noises=c.noises, timesteps=c.timesteps,
+                                seed=c.seed)
+        else:
+            s = regeneration_scores(trainer.model, [self.records[r]["caption"] for r in reps],
+                                    self.image_of[reps], self.train_features, seeds=c.seeds, steps=c.steps,
+                                    guidance=self.guidance, seed=c.seed)
+        by_key = {self.keys[r]: float(v) for r, v in zip(reps, s)}
+        return {r: by_key[self.keys[r]] for r in rows}
+
+    def current_threshold(self) -> float:
+        if self.cfg.threshold is not None:
+            return self.cfg.threshold
+        per_key = {self.keys[r]: s for r, s in self.latest_scores.items()}
+        return calibrate(list(per_key.values()), self.cfg.calibrate_k)
+
+    def check(self, trainer, step: int) -> list[int]:
+        """Score the next watched rows, flag new ones and log; returns the newly flagged rows."""
+        rows = self.next_rows()
+        scores = self.score(trainer, rows)
+        self.latest_scores.update(scores)
+        self.threshold = self.current_threshold()
+        new = [r for r in rows if scores[r] > self.threshold and r not in self.flagged]
+        events = trainer.events
+        self.log_interventions(events, step)
+        for r in new:
+            self.flagged[r] = step
+            events.write("memorization_flag", step=step, sample=r, file=self.records[r]["file_name"],
+                         score=round(scores[r], 6), threshold=round(self.threshold, 6), action=self.action,
+                         detector=self.cfg.detector)
+        if new and self.cfg.intervention == "drop":
+            trainer.sampler.exclude(new)
+        self.history.append({"step": step, "threshold": self.threshold, "scores": scores})
+        return new
+
+    def log_interventions(self, events, step: int) -> None:
+        """One event per action: the samples it was applied to since the last check."""
+        for action, applied in sorted(self.applied.items()):
+            events.write("memorization_intervention", step=step, action=action, samples=sorted(applied),
+                         count=len(applied))
+        self.applied = {}
+
+    # -- hook points ---------------------------------------------------------------------------
+    def on_start(self, trainer) -> None:
+        if self.cfg.intervention == "regularize" and self.cfg.regularize == "embedding" and self._handle is None:
+            self._handle = trainer.model.text.register_forward_hook(self._embedding_noise)
+
+    def before_forward(self, ctx: StepContext) -> None:
+        self._active = [i for i, r in enumerate(ctx.indices.tolist()) if r in self.flagged]
+        if not self._active or self.cfg.intervention in ("none", "drop"):
+            return
+        self.applied.setdefault(self.action, set()).update(int(ctx.indices[i]) for i in self._active)
+        if self.cfg.intervention == "regularize" and self.cfg.regularize == "caption":
+            tok = ctx.tokens[self._active]
+            swap = (tok >= FIRST_WORD) & (torch.rand(tok.shape, generator=self.rng) < self.cfg.strength)
+            vocab = len(ctx.trainer.model.tokenizer.vocab)
+            tok[swap] = torch.randint(FIRST_WORD, vocab, (int(swap.sum()),), generator=self.rng)
+            ctx.tokens[self._active] = tok
+        elif self.cfg.intervention == "regularize":
+            self._noise_mask = torch.zeros(len(ctx.indices), dtype=torch.bool)
+            self._noise_mask[self._active] = True
+
+    def _embedding_noise(self, module, inputs, output):
+        if self._noise_mask is None or len(self._noise_mask) != len(output):
+            return None
+        noise = torch.randn(output.shape, generator=self.rng) * self.cfg.strength
+        return output + noise * self._noise_mask[:, None, None]
+
+    def before_backward(self, ctx: StepContext) -> None:
+        self._noise_mask = None
+        if self._active and self.cfg.intervention == "attenuate":
+            ctx.weights[self._active] = ctx.weights[self._active] * self.cfg.factor
+
+    def after_step(self, ctx: StepContext) -> None:
+        done = ctx.step + 1
+        if done >= self.cfg.start and done % self.cfg.every == 0:
+            self.check(ctx.trainer, ctx.step)
+
+    def on_checkpoint(self, trainer, step: int) -> None:
+        self.save(trainer.out / MONITOR_FILE)
+
+    def on_end(self, trainer) -> None:
+        self.log_interventions(trainer.events, trainer.step - 1)
+        self.save(trainer.out / MONITOR_FILE)
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    # -- state ---------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """memorization.json: config, threshold, flags, latest scores and the score history."""
+        write_json(path, {"config": asdict(self.cfg), "threshold": self.threshold,
+                          "flagged": {str(r): s for r, s in self.flagged.items()},
+                          "latest_scores": {str(r): s for r, s in self.latest_scores.items()},
+                          "history": [{**h, "scores": {str(r): s for r, s in h["scores"].items()}}
+                                      for h in self.history]})
+
+    def state_dict(self) -> dict:
+        return {"threshold": self.threshold, "flagged": dict(self.flagged), "latest": dict(self.latest_scores),
+                "history": self.history, "cursor": self.cursor, "rng": self.rng.get_state(),
+                "applied": {a: sorted(r) for a, r in self.applied.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.threshold, self.cursor = state["threshold"], state["cursor"]
+        self.flagged = {int(r): int(s) for r, s in state["flagged"].items()}
+        self.latest_scores = {int(r): float(s) for r, s in state["latest"].items()}
+        self.history = [{**h, "scores": {int(r): float(s) for r, s in h["scores"].items()}} for h in state["history"]]
+        self.rng.set_state(state["rng"])
+        self.applied = {a: set(r) for a, r in state["applied"].items()}
+
+
+def read_monitor(run: str | Path) -> dict:
+    """A run's memorization.json with integer sample rows."""
+    path = Path(run) / MONITOR_FILE
+    if not path.is_file():
+        raise GovlabError(f"{path}: not found (train with memorization.mode: monitor)")
+    m = json.loads(path.read_text())
+    m["flagged"] = {int(r): s for r, s in m["flagged"].items()}
+    m["latest_scores"] = {int(r): s for r, s in m["latest_scores"].items()}
+    for h in m["history"]:
+        h["scores"] = {int(r): s for r, s in h["scores"].items()}
+    return m
+
+
+def attach(cfg, dataset: Dataset) -> list[Hook]:
+    """The monitor hook of a run config (none when ``memorization.mode`` is off)."""
+    if cfg.memorization.mode == "off":
+        return []
+    return [MemorizationMonitor(cfg.memorization, dataset, guidance=cfg.eval.guidance)]

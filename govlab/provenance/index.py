@@ -1,0 +1,163 @@
+"""Reading the provenance index of a run, checked against the run's model, and its queries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from govlab.errors import GovlabError
+from govlab.provenance.writer import FORMAT, INDEX, PARTS
+
+REQUIRED_VARS = ("grad_norm_sq", "update_share", "steps_seen")
+
+
+def _load(path: Path) -> xr.Dataset:
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            return ds.load()
+    except (OSError, ValueError, RuntimeError) as e:
+        raise GovlabError(f"{path}: not a readable netCDF provenance index ({e})") from None
+
+
+def check(ds: xr.Dataset, where: Path) -> xr.Dataset:
+    """Raise a GovlabError unless ``ds`` is a govlab provenance index."""
+    if ds.attrs.get("format") != FORMAT:
+        raise GovlabError(f"{where}: not a govlab provenance index (attribute 'format' is "
+                          f"{ds.attrs.get('format')!r}, expected {FORMAT!r})")
+    missing = [v for v in REQUIRED_VARS if v not in ds]
+    if missing:
+        raise GovlabError(f"{where}: provenance index lacks variable {missing[0]!r}")
+    return ds
+
+
+class ProvenanceIndex:
+    """The index of one run (``ProvenanceIndex.open(run)``) and the questions it answers."""
+
+    def __init__(self, ds: xr.Dataset, run: Path | None = None):
+        self.ds, self.run = ds, run
+        self.dim = "source" if "source" in ds.dims else "sample"
+
+    @classmethod
+    def open(cls, run: str | Path, *, check_model: bool = True) -> "ProvenanceIndex":
+        """Open ``RUN/index.nc`` (or the per-sample parts); with ``check_model`` the index must
+        match the run's model (structure hash) and config (hash)."""
+        run = Path(run)
+        path, parts = run / INDEX, sorted((run / PARTS).glob("step_*.nc"))
+        if path.is_file():
+            ds = check(_load(path), path)
+        elif parts:
+            ds = xr.concat([check(_load(p), p) for p in parts], dim="checkpoint",
+                           data_vars="minimal", coords="minimal", combine_attrs="override")
+        else:
+            raise GovlabError(f"{run}: no provenance index ({INDEX}); train with provenance.enabled: true")
+        if check_model:
+            cls._match(ds, run, path if path.is_file() else run / PARTS)
+        return cls(ds, run)
+
+    @staticmethod
+    def _match(ds: xr.Dataset, run: Path, where: Path) -> None:
+        from govlab.config import from_dict, read_yaml
+        from govlab.models.diffusion import TextToImage
+        from govlab.provenance.writer import model_hash
+
+        cfg = from_dict(read_yaml(run / "config.yaml"), where=str(run / "config.yaml"))
+        if ds.attrs.get("config_hash") != cfg.hash():
+            raise GovlabError(f"{where}: index written for config {ds.attrs.get('config_hash')}, "
+                              f"the run's config.yaml is {cfg.hash()}")
+        weights = run / "model.safetensors"
+        if weights.is_file():
+            h = model_hash(TextToImage.load(weights))
+            if ds.attrs.get("model_hash") != h:
+                raise GovlabError(f"{where}: index written for model {ds.attrs.get('model_hash')}, "
+                                  f"{weights} is {h}")
+
+    # -- metadata ------------------------------------------------------------------------------
+    @property
+    def bands(self) -> dict[str, list[str]]:
+        return json.loads(self.ds.attrs["bands_json"])
+
+    @property
+    def sources(self) -> list[str]:
+        if self.dim == "source":
+            return [str(s) for s in self.ds["source"].values]
+        return sorted({str(s) for s in self.ds["source_id"].values})
+
+    def by_source(self) -> xr.Dataset:
+        """The figures per source (per-sample rows summed by their source)."""
+        ds = self.ds[list(REQUIRED_VARS)]
+        if self.dim == "sample":
+            ds = ds.groupby(self.ds["source_id"].rename("source")).sum()
+        return ds
+
+    def _source(self, source: str) -> None:
+        if source not in self.sources:
+            raise GovlabError(f"no source {source!r} in the index (sources: {', '.join(self.sources)})")
+
+    def _band(self, band: str) -> None:
+        if band not in self.ds["band"].values:
+            raise GovlabError(f"no band {band!r} in the index (bands: {', '.join(map(str, self.ds['band'].values))})")
+
+    # -- queries -------------------------------------------------------------------------------
+    def shares(self) -> xr.DataArray:
+        """Each source's share of each band's applied update, per checkpoint interval: its
+        ``update_share`` over the sum of all sources' (the shares of a band sum to 1; 0 where the
+        band did not move)."""
+        u = self.by_source()["update_share"]
+        total = u.sum("source")
+        return xr.where(total != 0, u / total.where(total != 0, 1.0), 0.0) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+    def bands_of(self, source: str) -> dict:
+        """Which bands ``source`` influenced: totals per band and its share per band over time."""
+        self._source(source)
+        ds, sh = self.by_source().sel(source=source), self.shares().sel(source=source)
+        steps = [int(c) for c in self.ds["checkpoint"].values]
+        return {"source": source, "checkpoints": steps,
+                "steps_seen": [int(v) for v in ds["steps_seen"].values],
+                "bands": {str(b): {"grad_norm_sq": float(ds["grad_norm_sq"].sel(band=b).sum()),
+                                   "update_share": float(ds["update_share"].sel(band=b).sum()),
+                                   "share_over_time": [round(float(v), 6) for v in sh.sel(band=b).values]}
+                          for b in self.ds["band"].values}}
+
+    def sources_of(self, band: str) -> dict:
+        """Which sources influenced ``band``, ranked by their total share of its update."""
+        self._band(band)
+        ds = self.by_source().sel(band=band)
+        u = ds["update_share"].sum("checkpoint")
+        total = float(u.sum())
+        rows = [{"source": str(s), "grad_norm_sq": float(ds["grad_norm_sq"].sel(source=s).sum()),
+                 "update_share": float(u.sel(source=s)),
+                 "share": float(u.sel(source=s)) / total if total else 0.0}
+                for s in ds["source"].values]
+        rows.sort(key=lambda r: (-r["share"], r["source"]))
+        return {"band": band, "sources": rows}
+
+    def cell(self, source: str, band: str) -> dict:
+        """One source in one band, per checkpoint."""
+        self._source(source)
+        self._band(band)
+        ds = self.by_source().sel(source=source, band=band)
+        return {"source": source, "band": band, "checkpoints": [int(c) for c in self.ds["checkpoint"].values],
+                "grad_norm_sq": [float(v) for v in ds["grad_norm_sq"].values],
+                "update_share": [float(v) for v in ds["update_share"].values]}
+
+    def summary(self) -> dict:
+        """Total squared gradient norm per source and band."""
+        g = self.by_source()["grad_norm_sq"].sum("checkpoint")
+        return {"granularity": self.ds.attrs["granularity"], "checkpoints": [int(c) for c in self.ds["checkpoint"].values],
+                "grad_norm_sq": {str(s): {str(b): float(g.sel(source=s, band=b)) for b in g["band"].values}
+                                 for s in g["source"].values}}
+
+    def zero_since(self, source: str, since: int) -> dict:
+        """The proof that ``source`` had no share of any gradient from step ``since`` on: the
+        largest ``grad_norm_sq`` over the checkpoint intervals that start at or after ``since``."""
+        self._source(source)
+        steps = [int(c) for c in self.ds["checkpoint"].values]
+        starts = [0, *steps[:-1]]
+        after = [c for c, s in zip(steps, starts) if s >= since]
+        g = self.by_source()["grad_norm_sq"].sel(source=source)
+        worst = float(np.max(g.sel(checkpoint=after).values)) if after else None
+        return {"source": source, "since": since, "checkpoints": after, "max_grad_norm_sq": worst,
+                "zero_influence": worst == 0.0 if after else None}

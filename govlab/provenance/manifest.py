@@ -1,0 +1,68 @@
+"""``manifest.json``: the sha256 of every artifact of a run, checkpoints chained; and its check."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from govlab.errors import GovlabError
+from govlab.io import sha256_file, sha256_json, write_json
+
+MANIFEST = "manifest.json"
+CHECKPOINT = re.compile(r"checkpoints/step_(\d+)\.safetensors")
+
+
+def artifacts(run: Path) -> list[str]:
+    """Every file of the run (relative paths), except the manifest and temporary files."""
+    return sorted(p.relative_to(run).as_posix() for p in run.rglob("*")
+                  if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+
+
+def chain(files: dict[str, str]) -> list[dict]:
+    """Checkpoint entries in step order, each hash chained to the previous entry's."""
+    out, prev = [], "0" * 64
+    ckpts = sorted((int(m.group(1)), f) for f in files if (m := CHECKPOINT.fullmatch(f)))
+    for step, f in ckpts:
+        link = hashlib.sha256(f"{prev}:{step}:{files[f]}".encode()).hexdigest()
+        out.append({"step": step, "file": f, "sha256": files[f], "prev": prev, "chain": link})
+        prev = link
+    return out
+
+
+def write_manifest(run: str | Path) -> dict:
+    """Hash every artifact and write ``manifest.json`` atomically (call it last)."""
+    run = Path(run)
+    files = {f: sha256_file(run / f) for f in artifacts(run)}
+    manifest = {"files": files, "checkpoints": chain(files)}
+    manifest["root"] = sha256_json(manifest)
+    write_json(run / MANIFEST, manifest)
+    return manifest
+
+
+def verify(run: str | Path) -> list[str]:
+    """Problems found (``changed: F``, ``added: F``, ``removed: F``, a broken chain); [] if intact."""
+    run = Path(run)
+    path = run / MANIFEST
+    if not path.is_file():
+        raise GovlabError(f"{run}: no {MANIFEST} to verify against")
+    try:
+        manifest = json.loads(path.read_text())
+        recorded, checkpoints, root = manifest["files"], manifest["checkpoints"], manifest["root"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise GovlabError(f"{path}: not a govlab manifest ({e})") from None
+    problems = []
+    if sha256_json({"files": recorded, "checkpoints": checkpoints}) != root:
+        problems.append(f"changed: {MANIFEST} (root hash does not match its entries)")
+    if checkpoints != chain(recorded):
+        problems.append(f"changed: {MANIFEST} (checkpoint chain broken)")
+    present = set(artifacts(run))
+    for f in sorted(set(recorded) | present):
+        if f not in present:
+            problems.append(f"removed: {f}")
+        elif f not in recorded:
+            problems.append(f"added: {f}")
+        elif sha256_file(run / f) != recorded[f]:
+            problems.append(f"changed: {f}")
+    return problems

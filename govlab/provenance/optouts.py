@@ -1,0 +1,110 @@
+"""The opt-out registry (``optouts.jsonl``): consulted at ingestion, during and after training.
+
+Each line is ``{"source_id": str, "since": int, "scope": "training" | "all"}``. ``since`` is the
+training step from which the source may no longer change the model: 0 rejects its records at
+ingestion (logged to events.jsonl); a later step zeroes its samples' loss weight from that step on
+(its share of every gradient is then exactly 0) and drops its records from the next epoch.
+``scope: all`` also attenuates the source's routing slot to 0 after training (recorded).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from govlab.data.dataset import Dataset
+from govlab.errors import GovlabError
+from govlab.hooks import Hook
+from govlab.io import write_text
+
+OPTOUTS = "optouts.jsonl"
+SCOPES = ("training", "all")
+
+
+@dataclass(frozen=True)
+class OptOut:
+    source_id: str
+    since: int
+    scope: str = "training"
+
+
+def read_optouts(path: str | Path, sources: list[str]) -> list[OptOut]:
+    """Parse and validate a registry; errors name the file, line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise GovlabError(f"{path}: opt-out registry not found")
+    out, seen = [], set()
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GovlabError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(rec, dict):
+            raise GovlabError(f"{where}: expected a JSON object")
+        src, since, scope = rec.get("source_id"), rec.get("since", 0), rec.get("scope", "training")
+        if not isinstance(src, str):
+            raise GovlabError(f"{where}: field 'source_id' must be a string, got {src!r}")
+        if src not in sources:
+            raise GovlabError(f"{where}: opt-out for unknown source {src!r} (sources: {', '.join(sources)})")
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            raise GovlabError(f"{where}: field 'since' must be a training step >= 0, got {since!r}")
+        if scope not in SCOPES:
+            raise GovlabError(f"{where}: field 'scope' must be one of {', '.join(SCOPES)}, got {scope!r}")
+        if src in seen:
+            raise GovlabError(f"{where}: source {src!r} opts out twice")
+        seen.add(src)
+        out.append(OptOut(src, since, scope))
+    return out
+
+
+def ingest(dataset: Dataset, optouts: list[OptOut]) -> tuple[Dataset, list[dict]]:
+    """Drop the records of sources opted out from step 0; returns the rejections."""
+    gone = {o.source_id for o in optouts if o.since == 0}
+    keep = [i for i, r in enumerate(dataset.records) if r["source_id"] not in gone]
+    rejected = [{"file": r["file_name"], "source_id": r["source_id"], "reason": "opt-out (optouts.jsonl, since 0)"}
+                for r in dataset.records if r["source_id"] in gone]
+    return (dataset.subset(keep) if rejected else dataset), rejected
+
+
+class OptOutHook(Hook):
+    """Honours the registry during training and after it (see the module docstring); ``text`` is
+    the registry as read, copied into the run (``optouts.jsonl``) so that the run can attest it."""
+
+    def __init__(self, optouts: list[OptOut], rejected: list[dict] = (), text: str | None = None):
+        self.optouts, self.rejected, self.text = list(optouts), list(rejected), text
+
+    def on_start(self, trainer) -> None:
+        if self.text is not None:
+            write_text(trainer.out / OPTOUTS, self.text)
+        if trainer.step == 0:
+            for r in self.rejected:
+                trainer.events.write("ingestion_rejected", step=0, **r)
+
+    def before_forward(self, ctx) -> None:
+        for o in self.optouts:
+            if o.since == 0 or ctx.step < o.since:
+                continue
+            if ctx.step == o.since:
+                rows = [i for i, r in enumerate(ctx.trainer.dataset.records) if r["source_id"] == o.source_id]
+                ctx.trainer.sampler.exclude(rows)
+                ctx.trainer.events.write("opt_out", step=ctx.step, source_id=o.source_id, scope=o.scope,
+                                         records=len(rows))
+            mask = [r["source_id"] == o.source_id for r in ctx.records]
+            if any(mask):
+                ctx.weights = ctx.weights.masked_fill(ctx.weights.new_tensor(mask, dtype=bool), 0.0)
+
+    def on_end(self, trainer) -> None:
+        from govlab.routing.slots import scale_slot, slot_names
+
+        slots = slot_names(trainer.model)
+        for o in self.optouts:
+            if o.scope == "all" and o.source_id in slots:
+                layers = scale_slot(trainer.model, o.source_id, 0.0)
+                trainer.events.write("opt_out_attenuated", step=trainer.step, source_id=o.source_id,
+                                     factor=0.0, layers=layers)
+        if any(o.scope == "all" and o.source_id in slots for o in self.optouts):
+            trainer.model.save(trainer.out / "model.safetensors")

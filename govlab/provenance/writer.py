@@ -1,0 +1,256 @@
+"""The index writer: a training hook that records which source (or sample) changed which band.
+
+Per step and per group (a source, or one sample), the group's share of the gradient is the gradient
+of its part of the batch loss, ``sum_{i in group} w_i l_i / B`` (the shares sum to the gradient the
+optimizer sees, routing included). Per band the writer accumulates its squared norm
+(``grad_norm_sq``) and its inner product with the update the optimizer actually applied
+(``update_share``: the shares of a band sum to ``<g, delta>``), and counts ``steps_seen``. At each
+checkpoint the sums of the interval since the previous checkpoint are flushed to ``index.nc``.
+With routing off the shares come from the step's own backward (``govlab.provenance.layers``);
+otherwise from one extra backward per group in the batch (exact, slower).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+import govlab
+from govlab.errors import GovlabError
+from govlab.hooks import Hook
+from govlab.io import atomic_path, sha256_json
+from govlab.provenance.config import ProvenanceConfig
+from govlab.provenance.layers import LayerShares, supported
+from govlab.routing.bands import assign, make_bands
+
+INDEX = "index.nc"
+PARTS = "index.parts"  # per-sample granularity: one file per checkpoint
+FORMAT = "govlab-provenance-1"
+
+
+def model_hash(model: torch.nn.Module) -> str:
+    """Hash of the model's structure (parameter names and shapes): which index fits which model."""
+    return sha256_json(sorted((k, list(v.shape)) for k, v in model.state_dict().items()))[:16]
+
+
+def band_of_params(model: torch.nn.Module, routing_cfg) -> dict[str, str]:
+    """Band of every trainable parameter: the routing config's bands, slot bands, else ``trunk``."""
+    from govlab.routing.hook import slot_bands
+    from govlab.routing.slots import SLOTS_ATTR
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    base = [n for n in names if not n.startswith(SLOTS_ATTR + ".")]
+    out = assign(base, make_bands(routing_cfg.bands, len(model.cfg.channels)))
+    out.update({n: b for n, b in slot_bands(model).items() if n in names})
+    return out
+
+
+def band_modules(band_of: dict[str, str]) -> dict[str, list[str]]:
+    """Module names per band (the band definitions stored in the index)."""
+    out: dict[str, set] = {}
+    for name, band in band_of.items():
+        out.setdefault(band, set()).add(name.rpartition(".")[0])
+    return {b: sorted(m) for b, m in sorted(out.items())}
+
+
+def group_shares(per_sample_loss, weights, groups: list, params) -> list[torch.Tensor]:
+    """Each group's share of the gradient of ``mean(per_sample_loss * weights)``, flattened over
+    ``params`` (a parameter that a group does not reach gets zeros). Keeps the graph for the step."""
+    weighted = per_sample_loss * weights / per_sample_loss.shape[0]
+    out = []
+    for rows in groups:
+        grads = torch.autograd.grad(weighted[rows].sum(), params, retain_graph=True, allow_unused=True)
+        out.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                              for g, p in zip(grads, params)]))
+    return out
+
+
+def band_sums(values: torch.Tensor, spans: list[slice]) -> torch.Tensor:
+    """Sums of ``values`` (groups x flattened parameters, ordered by band) over each band's span."""
+    return torch.stack([values[:, s].sum(1, dtype=torch.float64) for s in spans], dim=1)
+
+
+class ProvenanceWriter(Hook):
+    """Accumulates per-group, per-band gradient figures and writes the index at each checkpoint.
+
+    ``sources``: every source of the run's data (also those rejected at ingestion, so that the
+    index shows their zero rows). A hook with a ``latest_scores`` dict (dataset row -> score, e.g.
+    the memorization monitor) adds ``mem_score(sample, checkpoint)``.
+    """
+
+    def __init__(self, cfg: ProvenanceConfig, sources: list[str]):
+        self.cfg, self.sources = cfg, sorted(sources)
+        self.history: dict[str, list] = {"checkpoint": [], "grad_norm_sq": [], "update_share": [],
+                                         "steps_seen": [], "samples_seen": [], "mem_score": []}
+        self._pending: dict | None = None
+
+    # -- set-up --------------------------------------------------------------------------------
+    def setup(self, records: list[dict], band_of: dict[str, str], attrs: dict) -> None:
+        """Groups, bands and attributes; called by ``on_start`` (and by the benchmark directly)."""
+        self.records = records
+        self.bands = sorted(set(band_of.values()))
+        if self.cfg.granularity == "cohort":
+            unknown = sorted({r["source_id"] for r in records} - set(self.sources))
+            if unknown:
+                raise GovlabError(f"provenance: records of unknown source {unknown[0]!r}")
+            self.names = list(self.sources)
+            pos = {s: i for i, s in enumerate(self.names)}
+            self.group_of_row = torch.tensor([pos[r["source_id"]] for r in records])
+        else:
+            self.names = list(range(len(records)))
+            self.group_of_row = torch.arange(len(records))
+        self.attrs = attrs
+        self._reset()
+
+    def _reset(self) -> None:
+        n, b = len(self.names), len(self.bands)
+        self.acc = {"grad_norm_sq": torch.zeros(n, b, dtype=torch.float64),
+                    "update_share": torch.zeros(n, b, dtype=torch.float64),
+                    "steps_seen": torch.zeros(n, dtype=torch.int64),
+                    "samples_seen": torch.zeros(n, dtype=torch.int64)}
+
+    def on_start(self, trainer) -> None:
+        model = trainer.model
+        band_of = band_of_params(model, trainer.cfg.routing)
+        named = sorted(((n, p) for n, p in model.named_parameters() if p.requires_grad),
+                       key=lambda np_: band_of[np_[0]])  # each band one contiguous span
+        routing = {"mode": trainer.cfg.routing.mode, "policy": trainer.cfg.routing.policy,
+                   "sequestered": list(trainer.cfg.routing.sequestered)}
+        attrs = {"format": FORMAT, "granularity": self.cfg.granularity, "accumulation": "interval",
+                 "model_hash": model_hash(model), "config_hash": trainer.cfg.hash(),
+                 "govlab_version": govlab.__version__, "run_name": trainer.cfg.name,
+                 "bands_json": json.dumps(band_modules(band_of)), "routing_policy_json": json.dumps(routing),
+                 "provenance_config_json": json.dumps(asdict(self.cfg))}
+        pending = self._pending
+        self.setup(trainer.dataset.records, band_of, attrs)
+        self.params = [p for _, p in named]
+        if getattr(self, "layer_shares", None) is not None:
+            self.layer_shares.remove()
+        self.layer_shares = (LayerShares(model, self.params)
+                             if trainer.cfg.routing.mode == "off" and supported(model) else None)
+        sizes = {b: sum(p.numel() for n, p in named if band_of[n] == b) for b in self.bands}
+        ends = [int(e) for e in np.cumsum([sizes[b] for b in self.bands])]
+        self.spans = [slice(e - sizes[b], e) for b, e in zip(self.bands, ends)]
+        self.out = Path(trainer.out)
+        self.hooks = trainer.hooks
+        if pending is not None:  # resumed: the saved state is that of the checkpoint at trainer.step
+            self.acc = pending
+            self._pending = None
+            self.on_checkpoint(trainer, trainer.step)
+
+    # -- per step ------------------------------------------------------------------------------
+    def before_forward(self, ctx) -> None:
+        gid = self.group_of_row[ctx.indices]
+        if self.layer_shares is not None:
+            # sort the batch by group so that each group is a slice (views, not copies, in the
+            # backward); the per-sample loss is order-free, so this changes only the order of the sum
+            perm = torch.argsort(gid, stable=True)
+            for name in ("indices", "x0", "tokens", "noise", "timesteps", "weights"):
+                setattr(ctx, name, getattr(ctx, name)[perm])
+            ctx.records = [ctx.records[i] for i in perm.tolist()]
+            gid = gid[perm]
+        self._ids, counts = torch.unique(gid, return_counts=True)  # sorted, like the batch when sorted
+        self._counts = counts
+        if self.layer_shares is not None:
+            ends = torch.cumsum(counts, 0).tolist()
+            self._groups = [slice(e - n, e) for e, n in zip(ends, counts.tolist())]
+            self.layer_shares.begin(self._groups, len(gid))
+        else:
+            self._groups = [torch.nonzero(gid == g).flatten() for g in self._ids]
+
+    def before_backward(self, ctx) -> None:
+        if self.layer_shares is None:  # routed or unsupported model: one backward per group
+            self._shares = torch.stack(group_shares(ctx.per_sample_loss, ctx.weights, self._groups, self.params))
+
+    def after_backward(self, ctx) -> None:
+        if self.layer_shares is not None:
+            self._shares = self.layer_shares.finish()
+        self._before = torch.cat([p.detach().reshape(-1) for p in self.params])
+
+    def after_step(self, ctx) -> None:
+        delta = torch.cat([p.detach().reshape(-1) for p in self.params]) - self._before
+        shares = self._shares
+        self.acc["grad_norm_sq"][self._ids] += band_sums(shares * shares, self.spans)
+        self.acc["update_share"][self._ids] += band_sums(shares * delta, self.spans)
+        self.acc["steps_seen"][self._ids] += 1
+        self.acc["samples_seen"][self._ids] += self._counts
+        self._shares = self._before = None
+
+    # -- flush ---------------------------------------------------------------------------------
+    def mem_scores(self) -> np.ndarray | None:
+        """Latest memorization scores per dataset row (NaN where not scored), if a hook offers them."""
+        for h in self.hooks:
+            scores = getattr(h, "latest_scores", None)
+            if isinstance(scores, dict):
+                out = np.full(len(self.records), np.nan)
+                for row, s in scores.items():
+                    out[int(row)] = float(s)
+                return out
+        return None
+
+    def on_checkpoint(self, trainer, step: int) -> None:
+        mem = self.mem_scores()
+        if self.cfg.granularity == "cohort":
+            h = self.history
+            h["checkpoint"].append(step)
+            for k, v in self.acc.items():
+                h[k].append(v.clone())
+            h["mem_score"].append(torch.from_numpy(mem) if mem is not None else None)
+            write_index(self.to_dataset(), self.out / INDEX)
+        else:
+            ds = self.to_dataset(checkpoints=[step], arrays={k: v[..., None] for k, v in self.acc.items()},
+                                 mem=[mem])
+            write_index(ds, self.out / PARTS / f"step_{step:06d}.nc")
+        self._reset()
+
+    def to_dataset(self, checkpoints=None, arrays=None, mem=None) -> xr.Dataset:
+        """The index as an xarray Dataset (the cohort history by default)."""
+        if checkpoints is None:
+            h = self.history
+            checkpoints, mem = h["checkpoint"], h["mem_score"]
+            arrays = {k: torch.stack(h[k], dim=-1) if h[k] else torch.zeros(
+                (*self.acc[k].shape, 0), dtype=self.acc[k].dtype) for k in self.acc}
+        dim = "source" if self.cfg.granularity == "cohort" else "sample"
+        names = np.array(self.names, dtype=object) if dim == "source" else np.array(self.names, dtype=np.int64)
+        data = {
+            "grad_norm_sq": ((dim, "band", "checkpoint"), arrays["grad_norm_sq"].numpy()),
+            "update_share": ((dim, "band", "checkpoint"), arrays["update_share"].numpy()),
+            "steps_seen": ((dim, "checkpoint"), arrays["steps_seen"].numpy()),
+            "samples_seen": ((dim, "checkpoint"), arrays["samples_seen"].numpy()),
+        }
+        coords = {dim: names, "band": np.array(self.bands, dtype=object),
+                  "checkpoint": np.array(checkpoints, dtype=np.int64)}
+        if dim == "sample":
+            coords["source_id"] = ("sample", np.array([r["source_id"] for r in self.records], dtype=object))
+        if any(m is not None for m in mem):
+            n = len(self.records)
+            cols = [np.asarray(m) if m is not None else np.full(n, np.nan) for m in mem]
+            data["mem_score"] = (("sample", "checkpoint"), np.stack(cols, axis=-1))
+            if dim == "source":
+                coords["sample"] = np.arange(n, dtype=np.int64)
+        return xr.Dataset(data, coords=coords, attrs=dict(self.attrs))
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        h = self.history
+        return {"acc": dict(self.acc), "checkpoint": list(h["checkpoint"]),
+                **{k: list(h[k]) for k in ("grad_norm_sq", "update_share", "steps_seen", "samples_seen")},
+                "mem_score": [m if m is not None else torch.zeros(0) for m in h["mem_score"]]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = {"checkpoint": list(state["checkpoint"]),
+                        **{k: list(state[k]) for k in ("grad_norm_sq", "update_share", "steps_seen",
+                                                       "samples_seen")},
+                        "mem_score": [m if m.numel() else None for m in state["mem_score"]]}
+        self._pending = dict(state["acc"])
+
+
+def write_index(ds: xr.Dataset, path: Path) -> None:
+    """Write an index Dataset to netCDF atomically."""
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4")

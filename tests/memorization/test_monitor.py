@@ -1,0 +1,125 @@
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from govlab.config import from_dict, load_config
+from govlab.errors import GovlabError
+from govlab.hooks import StepContext
+from govlab.memorization.monitor import MemorizationMonitor, attach, read_monitor
+from govlab.train import Trainer
+
+
+def trainer(cfg, dataset, out):
+    return Trainer(cfg, dataset, out, hooks=attach(cfg, dataset), progress=False)
+
+
+def flags(out):
+    return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()
+            if json.loads(line)["event"] == "memorization_flag"]
+
+
+def test_monitor_only_leaves_training_unchanged(mem_cfg, smoke_cfg, smoke_dataset, tmp_path):
+    cfg = mem_cfg(intervention="none", threshold=1e-9)
+    plain = Trainer(replace(cfg, memorization=smoke_cfg.memorization), smoke_dataset, tmp_path / "p",
+                    progress=False).fit()
+    watched = trainer(cfg, smoke_dataset, tmp_path / "m").fit()
+    for a, b in zip(plain.model.parameters(), watched.model.parameters()):
+        assert torch.equal(a, b)
+    mon = watched.hooks[0]
+    assert set(mon.latest_scores) == set(range(len(smoke_dataset))) and len(mon.flagged) == len(smoke_dataset)
+    events = flags(tmp_path / "m")
+    assert {"step", "sample", "score", "threshold", "action"} <= set(events[0])
+    assert all(e["action"] == "none" and e["score"] > e["threshold"] for e in events)
+    saved = read_monitor(tmp_path / "m")
+    assert saved["latest_scores"] == pytest.approx(mon.latest_scores) and saved["threshold"] == 1e-9
+    assert [h["step"] for h in saved["history"]] == [3, 7, 11]
+
+
+def test_calibrated_threshold_flags_only_outliers(mem_cfg, smoke_dataset, tmp_path):
+    t = trainer(mem_cfg(intervention="none"), smoke_dataset, tmp_path).fit()
+    mon = t.hooks[0]
+    scores = torch.tensor(list(mon.latest_scores.values()))
+    assert scores.min() < mon.threshold  # median + k * MAD is above the median
+    assert all(mon.latest_scores[r] > h for r, h in ((r, mon.threshold) for r in mon.flagged
+                                                     if mon.flagged[r] == 11))
+
+
+def _ctx(t, rows):
+    idx = torch.tensor(rows)
+    return StepContext(step=0, indices=idx, records=[t.dataset.records[i] for i in rows], x0=t.images[idx],
+                       tokens=t.tokens[idx].clone(), noise=torch.zeros(len(rows), 3, 16, 16),
+                       timesteps=torch.zeros(len(rows), dtype=torch.long), weights=torch.ones(len(rows)), trainer=t)
+
+
+@pytest.mark.parametrize("intervention, kw", [("attenuate", {"factor": 0.25}), ("regularize", {"strength": 1.0}),
+                                              ("regularize", {"regularize": "embedding", "strength": 1.0})])
+def test_interventions_touch_only_flagged_samples(intervention, kw, mem_cfg, smoke_dataset, tmp_path):
+    t = trainer(mem_cfg(intervention=intervention, **kw), smoke_dataset, tmp_path)
+    mon = t.hooks[0]
+    mon.on_start(t)
+    mon.flagged = {1: 0, 3: 0}
+    ctx = _ctx(t, [0, 1, 2, 3])
+    before = ctx.tokens.clone()
+    mon.before_forward(ctx)
+    emb = t.model.text(ctx.tokens)
+    mon.before_backward(ctx)
+    changed = (ctx.tokens != before).any(1).tolist()
+    if intervention == "attenuate":
+        assert ctx.weights.tolist() == [1, 0.25, 1, 0.25] and not any(changed)
+    elif kw.get("regularize") == "embedding":
+        clean = t.model.text(ctx.tokens)  # mask cleared: no noise any more
+        assert [not torch.allclose(a, b) for a, b in zip(emb, clean)] == [False, True, False, True]
+    else:
+        assert changed == [False, True, False, True] and ctx.weights.tolist() == [1, 1, 1, 1]
+    assert mon.applied[mon.action] == {1, 3}
+
+
+def test_drop_excludes_flagged_samples_from_later_epochs(mem_cfg, smoke_dataset, tmp_path):
+    t = trainer(mem_cfg(intervention="drop", watch=(0, 1, "images/000005.png"), threshold=1e-9),
+                smoke_dataset, tmp_path).fit()
+    assert t.sampler.excluded == {0, 1, 5}
+    assert {e["sample"] for e in flags(tmp_path)} == {0, 1, 5}
+    assert all(e["action"] == "drop" for e in flags(tmp_path))
+
+
+def test_resume_restores_the_monitor(mem_cfg, smoke_dataset, tmp_path):
+    cfg = mem_cfg(intervention="attenuate", watch="rotating", watch_size=10, threshold=1e-9)
+    straight = trainer(cfg, smoke_dataset, tmp_path / "a").fit()
+    trainer(cfg, smoke_dataset, tmp_path / "b").fit(until=6)
+    resumed = trainer(cfg, smoke_dataset, tmp_path / "b").fit(resume=True)
+    a, b = straight.hooks[0], resumed.hooks[0]
+    assert a.latest_scores == pytest.approx(b.latest_scores) and a.flagged == b.flagged
+    assert a.cursor == b.cursor and a.threshold == pytest.approx(b.threshold)
+    assert (tmp_path / "a" / "events.jsonl").read_text() == (tmp_path / "b" / "events.jsonl").read_text()
+
+
+def test_watch_list_naming_unknown_samples_is_one_error(mem_cfg, smoke_dataset):
+    with pytest.raises(GovlabError, match=r"memorization.watch names unknown samples \[9999, 'nope.png'\]"):
+        MemorizationMonitor(mem_cfg(watch=(1, 9999, "nope.png")).memorization, smoke_dataset)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"detector": "regeneration", "threshold": 1.5}, "threshold 1.5 is outside the regeneration score range"),
+    ({"threshold": -0.1}, "threshold -0.1 is outside the noise score range"),
+    ({"intervention": "nope"}, "intervention must be one of"),
+])
+def test_bad_monitor_config_is_one_error(section, message):
+    with pytest.raises(GovlabError, match=message):
+        from_dict({"memorization": section}, where="cfg.yaml")
+
+
+def test_default_config_hash_is_unchanged_by_the_section():
+    cfg = load_config("demo")
+    assert cfg.hash() == from_dict({"memorization": {"mode": "off"}}, base=cfg).hash()
+    assert cfg.hash() != from_dict({"memorization": {"mode": "monitor"}}, base=cfg).hash()
+
+
+def test_a_monitored_run_logs_flags_and_interventions(smoke_run):
+    events = [json.loads(line) for line in (smoke_run / "events.jsonl").read_text().splitlines()]
+    flagged = {e["sample"] for e in events if e["event"] == "memorization_flag"}
+    applied = [e for e in events if e["event"] == "memorization_intervention"]
+    assert flagged and applied and all(e["action"] == "attenuate" for e in applied)
+    assert set().union(*(e["samples"] for e in applied)) <= flagged
+    assert read_monitor(smoke_run)["flagged"].keys() == flagged

@@ -1,0 +1,70 @@
+"""The writer's per-source figures equal a reference that computes each source's gradient separately."""
+
+import pytest
+import torch
+
+from govlab.config import from_dict
+from govlab.provenance import ProvenanceConfig, ProvenanceWriter
+from govlab.provenance.writer import band_of_params
+from govlab.routing import attach
+from govlab.routing.reference import reference_grads
+from govlab.train import Trainer
+
+
+def plain_reference(model, batch: dict) -> dict[str, torch.Tensor]:
+    """Gradient of the mean weighted loss of these samples alone (a separate forward and backward)."""
+    loss = (model(batch["x0"], batch["tokens"], batch["noise"], batch["timesteps"]) * batch["weights"]).mean()
+    names, params = zip(*model.named_parameters())
+    return {n: (g if g is not None else torch.zeros_like(p))
+            for n, p, g in zip(names, params, torch.autograd.grad(loss, params, allow_unused=True))}
+
+
+@pytest.mark.parametrize("mode", ["routed", "off"])
+def test_writer_matches_per_source_reference(tiny_cfg, smoke_dataset, tmp_path, mode):
+    cfg = from_dict({"routing": {"mode": mode}}, base=tiny_cfg)
+    dataset, hooks = attach(cfg, smoke_dataset)
+    writer = ProvenanceWriter(ProvenanceConfig(enabled=True), smoke_dataset.sources)
+    trainer = Trainer(cfg, dataset, tmp_path, hooks=[*hooks, writer], progress=False)
+    writer.on_start(trainer)
+    assert (writer.layer_shares is None) == (mode == "routed")  # "off" takes the one-backward path
+    trainer.train_step(trainer.make_context())  # past the warm-up step (learning rate 0): a real update
+    writer._reset()
+    ctx = trainer.make_context()
+    batch = {"x0": ctx.x0, "tokens": ctx.tokens, "noise": ctx.noise, "timesteps": ctx.timesteps,
+             "weights": ctx.weights}
+    b = len(ctx.records)
+    params = dict(trainer.model.named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    ref = {}
+    for s in sorted({r["source_id"] for r in ctx.records}):
+        rows = [i for i, r in enumerate(ctx.records) if r["source_id"] == s]
+        sub = {k: v[rows] for k, v in batch.items()}
+        if mode == "routed":
+            g = reference_grads(trainer.model, hooks[0].router, [ctx.records[i] for i in rows], sub)
+        else:
+            g = plain_reference(trainer.model, sub)
+        ref[s] = {n: v * len(rows) / b for n, v in g.items()}  # the source's share of the batch mean
+    trainer.train_step(ctx)
+    delta = {n: p.detach() - before[n] for n, p in params.items()}
+    ds = writer.to_dataset(checkpoints=[1], arrays={k: v[..., None] for k, v in writer.acc.items()}, mem=[None])
+    band_of = band_of_params(trainer.model, cfg.routing)
+    worst_norm = worst_update = 0.0
+    checked = 0
+    for s, grads in ref.items():
+        for band in ds["band"].values:
+            names = [n for n in grads if band_of[n] == band]
+            norm_sq = sum(float(grads[n].double().pow(2).sum()) for n in names)
+            upd = sum(float((grads[n].double() * delta[n].double()).sum()) for n in names)
+            got = ds.sel(source=s, band=band, checkpoint=1)
+            if norm_sq > 0:
+                checked += 1
+                worst_norm = max(worst_norm, abs(float(got["grad_norm_sq"]) - norm_sq) / norm_sq)
+                err = abs(float(got["update_share"]) - upd)
+                worst_update = max(worst_update, err / abs(upd) if upd else err)
+            else:
+                assert float(got["grad_norm_sq"]) == 0.0 and float(got["update_share"]) == 0.0
+    assert checked >= len(ref)
+    assert worst_norm <= 1e-5, worst_norm
+    assert worst_update <= 1e-5, worst_update
+    # every source in the batch was seen once; the shares of a band sum to <g, delta>
+    assert int(ds["steps_seen"].sum()) == len(ref)

@@ -1,0 +1,68 @@
+"""The opt-out registry: rejected at ingestion, zero share from its step on, slot attenuated, attested."""
+
+import json
+import shutil
+
+import pytest
+from safetensors.torch import load_file
+
+from govlab.config import from_dict
+from govlab.errors import GovlabError
+from govlab.hooks import EventLog
+from govlab.provenance import ProvenanceIndex, attest, read_optouts
+from govlab.run import train_run
+
+
+def test_optouts_are_honoured_with_proof(optout_run):
+    events = EventLog(optout_run / "events.jsonl").read()
+    rejected = [e for e in events if e["event"] == "ingestion_rejected"]
+    assert rejected and all(e["source_id"] == "artist_1" for e in rejected)
+    assert [e["step"] for e in events if e["event"] == "opt_out"] == [2]
+    assert [e["source_id"] for e in events if e["event"] == "opt_out_attenuated"] == ["artist_0"]
+    index = ProvenanceIndex.open(optout_run)
+    g = index.ds["grad_norm_sq"]
+    assert float(g.sel(source="artist_1").sum()) == 0.0
+    assert float(g.sel(source="artist_0", checkpoint=2).sum()) > 0.0  # trained before its opt-out
+    assert float(g.sel(source="artist_0", checkpoint=4).max()) == 0.0  # exactly 0 from step 2 on
+    assert index.zero_since("artist_0", 2)["zero_influence"] is True
+    weights = load_file(str(optout_run / "model.safetensors"))
+    ups = [v for k, v in weights.items() if k.startswith("slots.") and k.endswith(".up.artist_0")]
+    assert ups and all(float(v.abs().max()) == 0.0 for v in ups)
+
+
+def test_attestation(optout_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(optout_run, run)
+    a = attest(run)
+    assert a["rejected_sources"] == ["artist_1"]
+    assert a["sources"]["artist_1"]["trained"] == 0 and a["sources"]["artist_0"]["trained"] > 0
+    proofs = {o["source_id"]: o for o in a["opt_outs"]}
+    assert proofs["artist_0"]["proof"]["zero_influence"] is True and proofs["artist_0"]["attenuated"]
+    assert proofs["artist_1"]["proof"]["max_grad_norm_sq"] == 0.0
+    assert json.loads((run / "attestation.json").read_text()) == a
+    assert "| artist_0 | 2 | all | True | 0.0 | True |" in (run / "attestation.md").read_text()
+
+
+def test_unknown_source_is_one_clear_error_and_nothing_is_overwritten(tiny_cfg, optout_run, tmp_path):
+    registry = tmp_path / "optouts.jsonl"
+    registry.write_text('{"source_id": "nobody", "since": 0}\n')
+    with pytest.raises(GovlabError, match=r"optouts.jsonl:1: opt-out for unknown source 'nobody'"):
+        read_optouts(registry, ["artist_0"])
+    run = tmp_path / "run"
+    shutil.copytree(optout_run, run)
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    with pytest.raises(GovlabError, match="unknown source 'nobody'"):
+        train_run(from_dict({"provenance": {"optouts": str(registry)}}, base=tiny_cfg), run, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"source_id": "artist_0", "since": -1}', "field 'since' must be a training step"),
+    ('{"source_id": "artist_0", "scope": "forever"}', "field 'scope' must be one of"),
+    ('not json', "not valid JSON"),
+])
+def test_bad_registry_lines(tmp_path, line, message):
+    registry = tmp_path / "optouts.jsonl"
+    registry.write_text(line + "\n")
+    with pytest.raises(GovlabError, match=message):
+        read_optouts(registry, ["artist_0"])
