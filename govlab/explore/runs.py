@@ -206,8 +206,8 @@ def _metric(ds: xr.Dataset, metric: str) -> xr.DataArray:
 def _share(da: xr.DataArray, unit: str) -> xr.DataArray:
     """The metric as a share of the band's total over ``unit`` (0 where the band has none), as
     ``ProvenanceIndex`` reports shares: update_share is stored as a raw inner product with the update."""
-    total = da.sum(unit)
-    return (da / total.where(total > 0)).fillna(0.0)
+    total = da.sum(unit)  # update_share sums to <g, delta>, which is negative for a descent step
+    return (da / total.where(total != 0)).fillna(0.0)
 
 
 def _by_source(run: Run, metric: str) -> xr.DataArray:

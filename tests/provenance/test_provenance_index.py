@@ -127,3 +127,19 @@ def test_granularity_is_validated():
     with pytest.raises(GovlabError, match="granularity must be one of"):
         from_dict({"provenance": {"granularity": "pixel"}})
     assert ProvenanceConfig().granularity == "cohort"
+
+
+def test_explorer_reads_a_trained_index_as_the_index_reports_it(tiny_run):
+    """The explorer's shares of a real index.nc equal ProvenanceIndex.shares (update_share sums to
+    a negative <g, delta> on descent steps, so a sign-blind normalisation would show all zeros)."""
+    from govlab.explore.runs import load_runs, source_band
+
+    runs, errors = load_runs([tiny_run])
+    assert errors == [] and len(runs) == 1
+    index = ProvenanceIndex.open(tiny_run)
+    last = int(index.ds.checkpoint.values[-1])
+    table = source_band(runs[0], "update_share", last).set_index(["source", "band"])["share"]
+    expected = index.shares().sel(checkpoint=last)
+    assert table.abs().sum() > 0
+    for (source, band), value in table.items():
+        assert value == pytest.approx(float(expected.sel(source=source, band=band)), abs=1e-9)
