@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/govlab train --preset demo
 
+# Two workers, one thread each (the suite's models are tiny); each test folder runs on one worker
+# so that its session fixtures (trained runs, the lineage zoo) are built once.
 test: $(STAMP) chromium
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 # Browser tests drive Debian's /usr/bin/chromium (never `playwright install`); installed only if missing.
 chromium:

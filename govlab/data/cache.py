@@ -28,8 +28,9 @@ def world_dir(cfg: WorldConfig, *, progress: bool = True) -> Path:
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{key}."))
         try:
             generate_world(cfg, tmp, progress=progress)
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
+            if not (path / "metadata.jsonl").is_file():  # another process may have finished first
+                shutil.rmtree(path, ignore_errors=True)
+                os.replace(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return path

@@ -1,12 +1,16 @@
 """Per-group gradient shares from the training step's own backward (no extra backward of the UNet).
 
 For a Linear, Conv2d, GroupNorm or LayerNorm layer, the weight gradient is a sum over samples of
-terms built from the layer's input and its output gradient, so a group's share is the same formula
-over the group's samples only. A forward hook keeps each layer's input, a hook on its output
-catches the output gradient during the step's backward, and the shares are computed right there.
-The caption encoder (small, deterministic) is recomputed once and back-propagated per group from the
-gradient caught at its output. Used when routing is off (routing changes which samples reach which
-parameters inside its own ops); ``supported`` says whether a model qualifies.
+terms built from the layer's input and its output gradient. A forward hook keeps each layer's
+input, a hook on its output catches the output gradient during the step's backward, and there the
+per-sample terms are computed in one batched product (unfold + bmm for convolutions, as torch's
+expanded-weights per-sample gradients do) and summed per group with ``index_add_``. The UNet's own
+parameters are frozen for that backward, so autograd computes only input gradients, and each
+parameter's gradient is set to the sum of its group shares: the weight gradients are computed
+once, split by group, not twice. The caption encoder (small) keeps its ordinary gradient; its
+group shares come from one batched vector-Jacobian product of a recomputation. Used when routing
+is off (routing changes which samples reach which parameters inside its own ops); ``supported``
+says whether a model qualifies.
 """
 
 from __future__ import annotations
@@ -18,31 +22,44 @@ from torch.nn import functional as F
 LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
 
 
+def _qualifies(m: nn.Module) -> bool:
+    if type(m) is nn.Conv2d:
+        return m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+    return type(m) in LAYERS
+
+
 def supported(model: nn.Module) -> bool:
-    """Whether every UNet parameter sits directly in a layer of ``LAYERS`` (and there is a caption
-    encoder ``model.text`` to recompute)."""
+    """Whether every UNet parameter sits directly in a layer of ``LAYERS`` (plain convolutions:
+    one group, zero padding) and there is a caption encoder ``model.text`` to recompute."""
     if not hasattr(model, "unet") or not hasattr(model, "text") or hasattr(model, "slots"):
         return False
-    return all(type(m) in LAYERS or not list(m.parameters(recurse=False)) for m in model.unet.modules())
+    return all(_qualifies(m) or not list(m.parameters(recurse=False)) for m in model.unet.modules())
 
 
-def _weight_bias(m: nn.Module, x: torch.Tensor, g: torch.Tensor):
-    """The weight and bias gradient of layer ``m`` for input ``x`` and output gradient ``g``."""
+def weight_grad(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The weight gradient of a Linear or Conv2d layer for input ``x`` and output gradient ``g``."""
     if type(m) is nn.Linear:
-        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
-        return g2.t().mm(x2), (g2.sum(0) if m.bias is not None else None)
-    if type(m) is nn.Conv2d:
-        _, gw, gb = torch.ops.aten.convolution_backward(
-            g, x, m.weight, [m.weight.shape[0]] if m.bias is not None else None, list(m.stride),
-            list(m.padding), list(m.dilation), False, [0, 0], m.groups, [False, True, m.bias is not None])
-        return gw, gb
-    if type(m) is nn.GroupNorm:
-        xhat = F.group_norm(x, m.num_groups, eps=m.eps)
-        dims = [0, *range(2, x.dim())]
-        return (g * xhat).sum(dims), g.sum(dims)
-    xhat = F.layer_norm(x, m.normalized_shape, eps=m.eps)  # LayerNorm
-    dims = list(range(x.dim() - len(m.normalized_shape)))
-    return (g * xhat).sum(dims), g.sum(dims)
+        return g.reshape(-1, g.shape[-1]).t().mm(x.reshape(-1, x.shape[-1]))
+    return torch.ops.aten.convolution_backward(
+        g, x, m.weight, None, list(m.stride), list(m.padding), list(m.dilation), False, [0, 0], 1,
+        [False, True, False])[1]
+
+
+def per_sample_small(m: nn.Module, x: torch.Tensor, g: torch.Tensor):
+    """Per-sample gradients ``(batch, channels)`` of the small parameters of layer ``m``: the
+    weight of a norm layer (None for Linear and Conv2d) and any bias (None without one)."""
+    b = x.shape[0]
+    if type(m) is nn.Linear:
+        gw, gb = None, g.reshape(b, -1, g.shape[-1]).sum(1)
+    elif type(m) is nn.Conv2d:
+        gw, gb = None, g.reshape(b, g.shape[1], -1).sum(2)
+    elif type(m) is nn.GroupNorm:
+        xhat, shape = F.group_norm(x, m.num_groups, eps=m.eps), (b, x.shape[1], -1)
+        gw, gb = (g * xhat).reshape(shape).sum(2), g.reshape(shape).sum(2)
+    else:  # LayerNorm
+        xhat, shape = F.layer_norm(x, m.normalized_shape, eps=m.eps), (b, -1, *m.normalized_shape)
+        gw, gb = (g * xhat).reshape(shape).sum(1).reshape(b, -1), g.reshape(shape).sum(1).reshape(b, -1)
+    return gw, (gb if m.bias is not None else None)
 
 
 class LayerShares:
@@ -56,33 +73,59 @@ class LayerShares:
             start += p.numel()
         self.offsets, self.size = offsets, start
         self.text_params = [p for p in model.text.parameters() if p.requires_grad]
-        self.handles = [m.register_forward_hook(self._layer_hook) for m in model.unet.modules()
-                        if type(m) in LAYERS and list(m.parameters(recurse=False))]
+        layers = [m for m in model.unet.modules() if type(m) in LAYERS and list(m.parameters(recurse=False))]
+        self.unet_params = [p for m in layers for p in m.parameters(recurse=False) if id(p) in offsets]
+        self.handles = [h for m in layers for h in (m.register_forward_pre_hook(self._input_hook),
+                                                    m.register_forward_hook(self._layer_hook))]
         self.handles.append(model.text.register_forward_hook(self._text_hook))
 
-    def begin(self, groups: list[torch.Tensor], batch: int) -> None:
-        """Catch the next forward and backward for these groups (row indices of the batch)."""
-        self.groups, self.batch, self.active = groups, batch, True
-        self.flat = torch.zeros(len(groups), self.size)
+    def begin(self, slices: list[slice], group_of_row: torch.Tensor) -> None:
+        """Catch the next forward and backward of a batch sorted by group: ``slices`` are the
+        groups' rows, ``group_of_row`` the group of each row."""
+        self.slices, self.rows, self.active = slices, group_of_row, True
+        self.flat = torch.empty(len(slices), self.size)
+        self.written: set[int] = set()
+        for p in self.unet_params:
+            p.requires_grad_(False)
 
-    def _put(self, p: torch.Tensor | None, grads: list) -> None:
-        """Add every group's gradient of ``p`` (one per group, or None) into ``flat``."""
-        if p is not None and p.requires_grad and grads[0] is not None:
-            start, n = self.offsets[id(p)]
-            self.flat[:, start:start + n] += torch.stack(grads).reshape(len(grads), n)
+    def _put(self, p: torch.Tensor | None, grads: torch.Tensor | None) -> None:
+        """Write (or add, for a layer called twice) ``p``'s group gradients ``(groups, ...)``."""
+        if p is None or grads is None or id(p) not in self.offsets:
+            return
+        start, n = self.offsets[id(p)]
+        view = self.flat[:, start:start + n]
+        if id(p) in self.written:
+            view += grads.reshape(view.shape)
+        else:
+            view.copy_(grads.reshape(view.shape))
+            self.written.add(id(p))
+
+    def _group_sum(self, per_row: torch.Tensor | None) -> torch.Tensor | None:
+        if per_row is None:
+            return None
+        return per_row.new_zeros(len(self.slices), per_row.shape[1]).index_add_(0, self.rows, per_row)
+
+    def _input_hook(self, m, args):
+        """With the UNet frozen, a layer fed by no trainable input (the first convolution, the time
+        embedding) gets an input that asks for its gradient, so that its output gradient exists."""
+        if self.active and not args[0].requires_grad:
+            return (args[0].detach().requires_grad_(), *args[1:])
 
     def _layer_hook(self, m, args, out):
         if not self.active or not out.requires_grad:
             return
         x = args[0].detach()
-        if x.shape[0] != self.batch:
-            raise RuntimeError(f"provenance: layer input of batch {x.shape[0]}, expected {self.batch}")
+        if x.shape[0] != len(self.rows):
+            raise RuntimeError(f"provenance: layer input of batch {x.shape[0]}, expected {len(self.rows)}")
 
         def on_grad(g):
             with torch.no_grad():
-                gw, gb = zip(*(_weight_bias(m, x[rows], g[rows]) for rows in self.groups))
-                self._put(m.weight, gw)
-                self._put(m.bias, gb)
+                gw, gb = per_sample_small(m, x, g)
+                if gw is None:  # Linear, Conv2d: one weight-gradient product per group
+                    self._put(m.weight, torch.stack([weight_grad(m, x[s], g[s]) for s in self.slices]))
+                else:
+                    self._put(m.weight, self._group_sum(gw))
+                self._put(m.bias, self._group_sum(gb))
 
         out.register_hook(on_grad)
 
@@ -97,22 +140,38 @@ class LayerShares:
         out.register_hook(keep)
 
     def finish(self) -> torch.Tensor:
-        """After the step's backward: the caption encoder's shares, then every group's flat share."""
+        """After the step's backward: the caption encoder's group shares (one batched
+        vector-Jacobian product of a recomputation; it kept its ordinary gradient), zeros for
+        parameters the step did not reach, and the UNet unfrozen with each parameter's gradient set
+        to the sum of its group shares. Returns every group's flat share."""
         self.active = False
+        self._unfreeze()
+        n_groups = len(self.slices)
         with torch.enable_grad():
             out = self.model.text(self.tokens)
-            per_group = []
-            for k, rows in enumerate(self.groups):
-                mask = torch.zeros(self.batch, *([1] * (out.dim() - 1)))
-                mask[rows] = 1.0
-                grads = torch.autograd.grad(out, self.text_params, grad_outputs=self.text_grad * mask,
-                                            retain_graph=k < len(self.groups) - 1, allow_unused=True)
-                per_group.append([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.text_params)])
-            for p, grads in zip(self.text_params, zip(*per_group)):
-                self._put(p, list(grads))
+            mask = F.one_hot(self.rows, n_groups).t().to(out.dtype)  # groups x batch
+            mask = mask.reshape(*mask.shape, *([1] * (out.dim() - 1)))
+            grads = torch.autograd.grad(out, self.text_params, grad_outputs=mask * self.text_grad,
+                                        allow_unused=True, is_grads_batched=True)
+        for p, g in zip(self.text_params, grads):
+            self._put(p, g)
+        for pid, (start, n) in self.offsets.items():
+            if pid not in self.written:
+                self.flat[:, start:start + n] = 0.0
+        total = self.flat.sum(0)
+        for p in self.unet_params:
+            if id(p) in self.written:
+                start, n = self.offsets[id(p)]
+                g = total[start:start + n].view_as(p)
+                p.grad = g if p.grad is None else p.grad + g
         self.text_grad = self.tokens = None
         return self.flat
 
+    def _unfreeze(self) -> None:
+        for p in self.unet_params:
+            p.requires_grad_(True)
+
     def remove(self) -> None:
+        self._unfreeze()
         for h in self.handles:
             h.remove()

@@ -70,9 +70,13 @@ def group_shares(per_sample_loss, weights, groups: list, params) -> list[torch.T
     return out
 
 
-def band_sums(values: torch.Tensor, spans: list[slice]) -> torch.Tensor:
-    """Sums of ``values`` (groups x flattened parameters, ordered by band) over each band's span."""
-    return torch.stack([values[:, s].sum(1, dtype=torch.float64) for s in spans], dim=1)
+def band_figures(shares: torch.Tensor, delta: torch.Tensor, spans: list[slice]):
+    """Per group and band (``groups x bands``, float64): the squared norm of each group's share
+    (``shares``: groups x flattened parameters, ordered by band) and its inner product with the
+    applied update ``delta``; one norm and one matrix-vector product per band."""
+    norm = torch.stack([torch.linalg.vector_norm(shares[:, s], dim=1) for s in spans], dim=1).double()
+    update = torch.stack([torch.mv(shares[:, s], delta[s]) for s in spans], dim=1).double()
+    return norm * norm, update
 
 
 class ProvenanceWriter(Hook):
@@ -154,14 +158,12 @@ class ProvenanceWriter(Hook):
                 setattr(ctx, name, getattr(ctx, name)[perm])
             ctx.records = [ctx.records[i] for i in perm.tolist()]
             gid = gid[perm]
-        self._ids, counts = torch.unique(gid, return_counts=True)  # sorted, like the batch when sorted
-        self._counts = counts
+        self._ids, local, self._counts = torch.unique(gid, return_inverse=True, return_counts=True)
         if self.layer_shares is not None:
-            ends = torch.cumsum(counts, 0).tolist()
-            self._groups = [slice(e - n, e) for e, n in zip(ends, counts.tolist())]
-            self.layer_shares.begin(self._groups, len(gid))
+            ends = torch.cumsum(self._counts, 0).tolist()
+            self.layer_shares.begin([slice(e - n, e) for e, n in zip(ends, self._counts.tolist())], local)
         else:
-            self._groups = [torch.nonzero(gid == g).flatten() for g in self._ids]
+            self._groups = [torch.nonzero(local == k).flatten() for k in range(len(self._ids))]
 
     def before_backward(self, ctx) -> None:
         if self.layer_shares is None:  # routed or unsupported model: one backward per group
@@ -174,9 +176,9 @@ class ProvenanceWriter(Hook):
 
     def after_step(self, ctx) -> None:
         delta = torch.cat([p.detach().reshape(-1) for p in self.params]) - self._before
-        shares = self._shares
-        self.acc["grad_norm_sq"][self._ids] += band_sums(shares * shares, self.spans)
-        self.acc["update_share"][self._ids] += band_sums(shares * delta, self.spans)
+        norm_sq, update = band_figures(self._shares, delta, self.spans)
+        self.acc["grad_norm_sq"][self._ids] += norm_sq
+        self.acc["update_share"][self._ids] += update
         self.acc["steps_seen"][self._ids] += 1
         self.acc["samples_seen"][self._ids] += self._counts
         self._shares = self._before = None

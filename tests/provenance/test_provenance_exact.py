@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from govlab.config import from_dict
+from govlab.hooks import Hook
 from govlab.provenance import ProvenanceConfig, ProvenanceWriter
 from govlab.provenance.writer import band_of_params
 from govlab.routing import attach
@@ -68,3 +69,28 @@ def test_writer_matches_per_source_reference(tiny_cfg, smoke_dataset, tmp_path, 
     assert worst_update <= 1e-5, worst_update
     # every source in the batch was seen once; the shares of a band sum to <g, delta>
     assert int(ds["steps_seen"].sum()) == len(ref)
+
+
+class _KeepGrads(Hook):
+    """A hook after the writer: the gradients the optimizer is about to apply."""
+
+    def after_backward(self, ctx):
+        self.grads = {n: p.grad.clone() for n, p in ctx.trainer.model.named_parameters() if p.grad is not None}
+
+
+def test_one_backward_writer_leaves_the_gradient_unchanged(tiny_cfg, smoke_dataset, tmp_path):
+    """With routing off the writer freezes the UNet and sets each weight's gradient to the sum of its
+    per-source shares: that is the gradient plain autograd gives, for every parameter."""
+    cfg = from_dict({"routing": {"mode": "off"}}, base=tiny_cfg)
+    writer, keep = ProvenanceWriter(ProvenanceConfig(enabled=True), smoke_dataset.sources), _KeepGrads()
+    trainer = Trainer(cfg, smoke_dataset, tmp_path, hooks=[writer, keep], progress=False)
+    writer.on_start(trainer)
+    ctx = trainer.make_context()
+    ref = plain_reference(trainer.model, {"x0": ctx.x0, "tokens": ctx.tokens, "noise": ctx.noise,
+                                          "timesteps": ctx.timesteps, "weights": ctx.weights})
+    trainer.train_step(ctx)
+    assert not [n for n, g in ref.items() if g.abs().sum() > 0 and n not in keep.grads]
+    for name, g in keep.grads.items():
+        scale = float(ref[name].abs().max())
+        assert float((g - ref[name]).abs().max()) <= 1e-5 * scale, name
+    assert all(p.requires_grad for p in trainer.model.parameters())  # unfrozen after the step
