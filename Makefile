@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/govlab train --preset demo
 
-# Two workers, one thread each (the suite's models are tiny); each test folder runs on one worker
-# so that its session fixtures (trained runs, the lineage zoo) are built once.
+# Two workers, one thread each (the suite's models are tiny). Cache entries (worlds, evaluators,
+# the lineage zoo, retrainings, samples) are built once under a file lock while the other waits.
 test: $(STAMP) chromium
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --durations=15
 
 # Browser tests drive Debian's /usr/bin/chromium (never `playwright install`); installed only if missing.
 chromium:

@@ -9,16 +9,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 
 
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist ``--dist loadgroup``: the tests of one folder share a worker (and so
-    their session fixtures); top-level test files spread freely."""
-    for item in items:
-        if item.path.is_relative_to(ROOT / "tests"):
-            rel = item.path.relative_to(ROOT / "tests")
-            if len(rel.parts) > 1:
-                item.add_marker(pytest.mark.xdist_group(rel.parts[0]))
-
-
 @pytest.fixture(scope="session")
 def smoke_cfg():
     return load_config("smoke")

@@ -68,3 +68,30 @@ def test_images_are_written_at_the_configured_size(tmp_path):
 def test_bad_world_config():
     with pytest.raises(ValueError, match="image_size"):
         WorldConfig(image_size=10)
+
+
+def test_concurrent_builders_generate_a_cache_entry_once(tmp_path, monkeypatch):
+    """Two builders of one world (test workers, notebooks): one generates, the other waits for it."""
+    import threading
+    import time
+
+    from govlab.data import cache
+
+    monkeypatch.setenv("GOVLAB_CACHE", str(tmp_path))
+    calls, real = [], cache.generate_world
+
+    def slow_generate(*args, **kwargs):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the other builder to find no entry and queue on the lock
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "generate_world", slow_generate)
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(cache.world_dir(SMALL, progress=False)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(paths) == 2 and paths[0] == paths[1] and len(calls) == 1
+    assert (paths[0] / "metadata.jsonl").is_file() and not list(tmp_path.glob("worlds/.*"))

@@ -8,6 +8,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from filelock import FileLock
+
 from govlab.data.dataset import Dataset, load_dataset
 from govlab.data.world import WORLD_VERSION, WorldConfig, generate_world
 from govlab.io import sha256_json
@@ -20,19 +22,27 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def cache_lock(path: str | Path) -> FileLock:
+    """A lock beside cache entry ``path``: concurrent processes (test workers, notebooks) build an
+    entry once while the others wait, instead of building it side by side."""
+    return FileLock(f"{path}.lock")
+
+
 def world_dir(cfg: WorldConfig, *, progress: bool = True) -> Path:
     """The embedded world for ``cfg``, generated once into the cache (atomically, by rename)."""
     key = sha256_json({"version": WORLD_VERSION, **asdict(cfg)})[:16]
     path = cache_dir("worlds") / key
-    if not (path / "metadata.jsonl").is_file():
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{key}."))
-        try:
-            generate_world(cfg, tmp, progress=progress)
-            if not (path / "metadata.jsonl").is_file():  # another process may have finished first
+    if (path / "metadata.jsonl").is_file():
+        return path
+    with cache_lock(path):
+        if not (path / "metadata.jsonl").is_file():  # another process may have finished meanwhile
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{key}."))
+            try:
+                generate_world(cfg, tmp, progress=progress)
                 shutil.rmtree(path, ignore_errors=True)
                 os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from govlab.data.cache import cache_dir
+from govlab.data.cache import cache_dir, cache_lock
 from govlab.errors import GovlabError
 from govlab.io import atomic_path, sha256_file, sha256_json
 from govlab.models.diffusion import TextToImage
@@ -69,19 +69,24 @@ def sample(box: BlackBox, prompt: str, k: int, *, seed: int = 0, cache: bool = T
     ident = {"model": box.key, "prompt": prompt, "k": k, "seed": seed}
     digest = sha256_json(ident)
     path = cache_dir("lineage", "samples") / f"{box.key}-{digest[:16]}.safetensors"
-    if cache and path.is_file():
-        return load_file(str(path))["images"]
-    noise_seed = int(digest[16:24], 16)
+    if not cache:
+        return _generate(box, prompt, k, int(digest[16:24], 16))
+    if not path.is_file():
+        with cache_lock(path):
+            if not path.is_file():  # another process may have sampled it meanwhile
+                images = _generate(box, prompt, k, int(digest[16:24], 16))
+                with atomic_path(path) as tmp:
+                    save_file({"images": images}, str(tmp), metadata={"govlab_sample": json.dumps(ident)})
+    return load_file(str(path))["images"]
+
+
+def _generate(box: BlackBox, prompt: str, k: int, noise_seed: int) -> torch.Tensor:
     try:
         images = box.generate([prompt] * k, noise_seed)
     except Exception as e:  # any failure of a foreign model is the target's, not ours
         raise GovlabError(f"model {box.name!r} failed to generate images for {prompt!r}: "
                           f"{type(e).__name__}: {e}") from None
-    images = _check_images(images, k, box.name)
-    if cache:
-        with atomic_path(path) as tmp:
-            save_file({"images": images}, str(tmp), metadata={"govlab_sample": json.dumps(ident)})
-    return images
+    return _check_images(images, k, box.name)
 
 
 def _check_images(images, k: int, name: str) -> torch.Tensor:
