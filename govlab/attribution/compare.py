@@ -25,7 +25,7 @@ from govlab.config import RunConfig
 from govlab.data.cache import run_dataset
 from govlab.data.world import ARTISTS, caption_for
 from govlab.models.diffusion import TextToImage
-from govlab.provenance.attribute import structural
+from govlab.provenance.attribute import slot_ablation_scores
 from govlab.routing.hook import attach
 from govlab.train import CHECKPOINT_DIR
 
@@ -84,7 +84,7 @@ def compare(cfg: RunConfig, cc: CompareConfig = CompareConfig(), *, methods=METH
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if "structural" in methods:  # govlab.provenance's slot ablation; sources without a slot score 0
-        ranked = [structural(run, p["prompt"], n=n, steps=cc.sample_steps, seed=cc.seed) for p in prompts]
+        ranked = [slot_ablation_scores(model, pr) for pr in probes]
         scores["structural"] = [{s: 0.0 for s in sources} | {r["source"]: r["score"] for r in rk} for rk in ranked]
         seconds["structural"] = time.perf_counter() - t0
     for name in ("tracin", "dtrak"):

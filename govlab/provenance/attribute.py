@@ -15,28 +15,41 @@ from govlab.errors import GovlabError
 
 
 @torch.no_grad()
-def structural(run: str | Path, prompt: str, *, n: int = 4, steps: int = 8, seed: int = 0) -> list[dict]:
-    """Mean absolute change of ``n`` generations for ``prompt`` (same noise) when each source's slot
-    is scaled to 0, in [0, 1] pixel units; ranked, largest first."""
-    from govlab.models.diffusion import TextToImage
+def slot_ablation_scores(model, probe) -> list[dict]:
+    """For each source with a slot: how much the model's output on ``probe`` (minus its diffusion
+    loss on fixed noises and timesteps, ``govlab.attribution.probe.model_output``, the quantity that
+    leave-one-out retraining and LDS measure) drops when the source's slot is scaled to 0; ranked,
+    largest first. One loss evaluation per source, no sampling and no gradients."""
+    from govlab.attribution.probe import model_output
     from govlab.routing.config import RoutingConfig
     from govlab.routing.slots import SLOTS_ATTR, scale_slot, slot_names
 
-    weights = Path(run) / "model.safetensors"
-    model = TextToImage.load(weights)
     sequestered = set(RoutingConfig().sequestered)
     sources = [s for s in slot_names(model) if s not in sequestered]
     if not sources:
-        raise GovlabError(f"{weights}: this model has no per-source slots (train with routing.mode: routed)")
-    base = model.generate([prompt] * n, seed=seed, steps=steps).float() / 255
+        raise GovlabError("this model has no per-source slots (train with routing.mode: routed)")
+    base = model_output(model, probe)
     saved = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(SLOTS_ATTR + ".")}
     out = []
     for s in sources:
         scale_slot(model, s, 0.0)
-        ablated = model.generate([prompt] * n, seed=seed, steps=steps).float() / 255
+        out.append({"source": s, "score": round(base - model_output(model, probe), 8)})
         model.load_state_dict(saved, strict=False)
-        out.append({"source": s, "score": round(float((base - ablated).abs().mean()), 6)})
     return sorted(out, key=lambda r: (-r["score"], r["source"]))
+
+
+def structural(run: str | Path, prompt: str, *, n: int = 4, steps: int = 8, seed: int = 0) -> list[dict]:
+    """Slot-ablation scores (``slot_ablation_scores``) of ``n`` images the run's model generates
+    for ``prompt`` (``steps`` sampling steps, 4 fixed noises and timesteps each)."""
+    from govlab.attribution.probe import prompt_probe
+    from govlab.models.diffusion import TextToImage
+
+    weights = Path(run) / "model.safetensors"
+    model = TextToImage.load(weights)
+    try:
+        return slot_ablation_scores(model, prompt_probe(model, prompt, n_images=n, seed=seed, steps=steps))
+    except GovlabError as e:
+        raise GovlabError(f"{weights}: {e}") from None
 
 
 METHODS = {"structural": structural}
