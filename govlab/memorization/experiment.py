@@ -79,3 +79,26 @@ def run_experiment(cfg: RunConfig, workdir: str | Path, *, interventions=INTERVE
 
 def read_experiment(workdir: str | Path) -> dict:
     return json.loads((Path(workdir) / "experiment.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m govlab.memorization.experiment OUT [--detector D] [INTERVENTION ...]``: the
+    ``memorization`` preset, one training and audit per intervention, each under ``OUT/NAME`` (its own
+    ``experiment.json``), one JSON line per intervention (without the curves) on stdout."""
+    import argparse
+
+    from govlab.config import from_dict, load_config
+
+    p = argparse.ArgumentParser(prog="python -m govlab.memorization.experiment")
+    p.add_argument("out")
+    p.add_argument("--detector", default="regeneration", choices=("noise", "regeneration"))
+    p.add_argument("interventions", nargs="*", default=list(INTERVENTIONS), choices=INTERVENTIONS)
+    args = p.parse_args(argv)
+    cfg = from_dict({"memorization": {"detector": args.detector}}, base=load_config("memorization"))
+    for name in args.interventions:
+        res = run_experiment(cfg, Path(args.out) / name, interventions=(name,), progress=True)[name]
+        print(json.dumps({"intervention": name, **{k: v for k, v in res.items() if k != "curves"}}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

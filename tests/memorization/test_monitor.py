@@ -123,3 +123,12 @@ def test_a_monitored_run_logs_flags_and_interventions(smoke_run):
     assert flagged and applied and all(e["action"] == "attenuate" for e in applied)
     assert set().union(*(e["samples"] for e in applied)) <= flagged
     assert read_monitor(smoke_run)["flagged"].keys() == flagged
+
+
+def test_experiment_command_refuses_an_unknown_intervention(tmp_path, capsys):
+    from govlab.memorization.experiment import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path), "forget"])
+    assert e.value.code != 0 and "invalid choice: 'forget'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
