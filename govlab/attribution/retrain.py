@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from govlab.config import RunConfig
-from govlab.data.cache import cache_dir, cache_lock
+from govlab.data.cache import build_once, cache_dir
 from govlab.data.dataset import Dataset
 from govlab.errors import GovlabError
 from govlab.io import sha256_json
@@ -36,14 +36,14 @@ def retrain(cfg: RunConfig, dataset: Dataset, sources: list[str]) -> Path:
     if unknown:
         raise GovlabError(f"retrain: unknown source {unknown[0]!r} (known: {', '.join(dataset.sources)})")
     out = retrain_dir(cfg, sources)
-    if (out / "model.safetensors").is_file():
-        return out
-    with cache_lock(out):
-        if not (out / "model.safetensors").is_file():  # another process may have trained it meanwhile
-            shutil.rmtree(out, ignore_errors=True)
-            keep = [i for i, r in enumerate(dataset.records) if r["source_id"] in set(sources)]
-            data, hooks = attach(cfg, dataset.subset(keep))
-            Trainer(cfg, data, out, hooks=hooks, model=build_model(cfg, dataset), progress=False).fit()
+
+    def build():
+        shutil.rmtree(out, ignore_errors=True)
+        keep = [i for i, r in enumerate(dataset.records) if r["source_id"] in set(sources)]
+        data, hooks = attach(cfg, dataset.subset(keep))
+        Trainer(cfg, data, out, hooks=hooks, model=build_model(cfg, dataset), progress=False).fit()
+
+    build_once(out, (out / "model.safetensors").is_file, build)
     return out
 
 

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 from filelock import FileLock
 
@@ -22,27 +23,31 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
-def cache_lock(path: str | Path) -> FileLock:
-    """A lock beside cache entry ``path``: concurrent processes (test workers, notebooks) build an
-    entry once while the others wait, instead of building it side by side."""
-    return FileLock(f"{path}.lock")
+def build_once(path: str | Path, ready: Callable[[], bool], build: Callable[[], object]) -> None:
+    """Run ``build`` for cache entry ``path`` unless ``ready()``: under a lock beside the entry and
+    checked again there, so that concurrent processes (test workers, notebooks) build it once while
+    the others wait, instead of building it side by side."""
+    if not ready():
+        with FileLock(f"{path}.lock"):
+            if not ready():  # another process may have built it meanwhile
+                build()
 
 
 def world_dir(cfg: WorldConfig, *, progress: bool = True) -> Path:
     """The embedded world for ``cfg``, generated once into the cache (atomically, by rename)."""
     key = sha256_json({"version": WORLD_VERSION, **asdict(cfg)})[:16]
     path = cache_dir("worlds") / key
-    if (path / "metadata.jsonl").is_file():
-        return path
-    with cache_lock(path):
-        if not (path / "metadata.jsonl").is_file():  # another process may have finished meanwhile
-            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{key}."))
-            try:
-                generate_world(cfg, tmp, progress=progress)
-                shutil.rmtree(path, ignore_errors=True)
-                os.replace(tmp, path)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+
+    def build():
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{key}."))
+        try:
+            generate_world(cfg, tmp, progress=progress)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    build_once(path, (path / "metadata.jsonl").is_file, build)
     return path
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from govlab.data.cache import cache_dir, cache_lock
+from govlab.data.cache import build_once, cache_dir
 from govlab.data.world import LAYOUTS, PERSONS, SHAPES, SOURCES, WORLD_VERSION, WorldConfig, render, world_records
 from govlab.io import atomic_path, sha256_json
 
@@ -121,13 +121,14 @@ def load_evaluator(image_size: int = 16, *, progress: bool = True) -> tuple[Eval
     cfg = EvaluatorConfig(image_size=image_size)
     key = sha256_json({"world": WORLD_VERSION, "cfg": cfg.__dict__, "heads": HEADS})[:16]
     path = cache_dir("evaluators") / f"{key}.safetensors"
-    if not path.is_file():
-        with cache_lock(path):
-            if not path.is_file():  # another process may have trained it meanwhile
-                model, acc = train_evaluator(cfg, progress=progress)
-                with atomic_path(path) as tmp:
-                    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                              metadata={"accuracy": json.dumps(acc)})
+
+    def build():
+        model, acc = train_evaluator(cfg, progress=progress)
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                      metadata={"accuracy": json.dumps(acc)})
+
+    build_once(path, path.is_file, build)
     with safe_open(str(path), "pt") as f:
         acc = json.loads(f.metadata()["accuracy"])
     model = Evaluator()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from govlab.data.cache import cache_dir, cache_lock
+from govlab.data.cache import build_once, cache_dir
 from govlab.errors import GovlabError
 from govlab.io import atomic_path, sha256_file, sha256_json
 from govlab.models.diffusion import TextToImage
@@ -69,14 +69,16 @@ def sample(box: BlackBox, prompt: str, k: int, *, seed: int = 0, cache: bool = T
     ident = {"model": box.key, "prompt": prompt, "k": k, "seed": seed}
     digest = sha256_json(ident)
     path = cache_dir("lineage", "samples") / f"{box.key}-{digest[:16]}.safetensors"
+    noise_seed = int(digest[16:24], 16)
     if not cache:
-        return _generate(box, prompt, k, int(digest[16:24], 16))
-    if not path.is_file():
-        with cache_lock(path):
-            if not path.is_file():  # another process may have sampled it meanwhile
-                images = _generate(box, prompt, k, int(digest[16:24], 16))
-                with atomic_path(path) as tmp:
-                    save_file({"images": images}, str(tmp), metadata={"govlab_sample": json.dumps(ident)})
+        return _generate(box, prompt, k, noise_seed)
+
+    def build():
+        images = _generate(box, prompt, k, noise_seed)
+        with atomic_path(path) as tmp:
+            save_file({"images": images}, str(tmp), metadata={"govlab_sample": json.dumps(ident)})
+
+    build_once(path, path.is_file, build)
     return load_file(str(path))["images"]
 
 

@@ -18,7 +18,7 @@ from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
 
 from govlab.config import from_dict
-from govlab.data.cache import cache_dir, cache_lock, run_dataset
+from govlab.data.cache import build_once, cache_dir, run_dataset
 from govlab.data.world import WORLD_VERSION
 from govlab.errors import GovlabError
 from govlab.io import sha256_json, write_json
@@ -164,10 +164,7 @@ def cached_zoo(*, quick: bool = True, progress: bool = False) -> Zoo:
     """The zoo built once under the govlab cache, keyed by its recipes."""
     key = sha256_json({"world": WORLD_VERSION, "recipes": [asdict(r) for r in recipes(quick=quick)]})[:16]
     root = cache_dir("zoo", key)
-    if not (root / "zoo.json").is_file():
-        with cache_lock(root):
-            if not (root / "zoo.json").is_file():  # another process may have built it meanwhile
-                return build_zoo(root, quick=quick, progress=progress)
+    build_once(root, (root / "zoo.json").is_file, lambda: build_zoo(root, quick=quick, progress=progress))
     return Zoo.open(root)
 
 
