@@ -15,7 +15,8 @@ def default_bands() -> dict:
 
 
 def default_policy() -> dict:
-    return {"style": ["slot"], "semantics": ["outer", "middle"], "composition": ["outer", "middle"],
+    return {"style": ["slot"], "semantics": ["outer", "middle", "cross_attention"],
+            "composition": ["outer", "middle", "cross_attention"],
             "identity": ["identity"], "watermark": ["watermark"]}
 
 
@@ -28,15 +29,19 @@ class RoutingConfig:
     outside all bands: time embedding, caption encoder) gets every sample that is not sequestered.
     The default policy for the embedded world:
 
-    - ``style`` -> ``slot``: the style band is ``cross_attention`` (the key/value projections through
-      which the caption enters the UNet). Every source with style samples owns a low-rank slot
-      there (expand-route-ablate, Cloud et al. 2024); a style sample reaches only its own source's
-      slot in that band, never its base weights nor another source's slot (no other sample
-      reaches those base weights in the embedded world, so they keep their initial values).
-      ``govlab attenuate`` scales a slot's output (0 removes it); how much of a source's style its
-      slot actually holds is measured, not assumed: notebooks/02_routing.ipynb.
-    - ``semantics``, ``composition`` -> ``outer`` and ``middle``: shapes, colours and layout are
-      learnt in the generalization bands at every depth, shared by all sources.
+    - ``style`` -> ``slot``: every source with style samples owns a low-rank slot on the caption
+      (``style_band: caption``): the caption states the UNet reads are those of the *public* caption,
+      every source's name masked, plus the slot of the source the caption names, reading the full
+      caption. A source's name therefore reaches the model only through its own slot (a caption that
+      names no source switches every slot off), and a style sample's gradient reaches only its own
+      source's slot (expand-route-ablate, Cloud et al. 2024). ``govlab attenuate`` scales a slot's
+      output; 0 removes it, and with it the model's only way to know which source a prompt names.
+      Gradient routing alone does not do this: with slots on the cross-attention key/value
+      projections (``style_band: cross_attention``) and the source's name in every layer's input,
+      the shared layers learnt the style (measured: README). ``mode: unrouted`` keeps the slots
+      but routes neither the words nor the gradients.
+    - ``semantics``, ``composition`` -> ``outer``, ``middle`` and ``cross_attention``: shapes,
+      colours and layout are learnt at every depth, shared by all sources.
     - ``identity`` and ``watermark`` are sequestered: such samples change only their own dedicated
       adapter band (``identity``/``watermark``: low-rank adapters on ``sequester_targets``) and nothing
       else, not even the trunk, so the band can be dropped at release. ``identity: reject`` instead
@@ -52,7 +57,7 @@ class RoutingConfig:
     sequestered: tuple[str, ...] = ("identity", "watermark")  # categories whose samples reach only their own bands
     identity: str = "sequester"  # sequester | reject
     style_category: str = "style"
-    style_band: str = "cross_attention"  # where per-source slots sit
+    style_band: str = "caption"  # where per-source slots sit: "caption" (private source words) or a UNet band
     slot_rank: int = 4  # 0: no per-source slots
     slot_sources: tuple[str, ...] = ()  # () = every source with style samples
     sequester_rank: int = 4

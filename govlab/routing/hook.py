@@ -13,9 +13,9 @@ from govlab.io import write_json
 from govlab.routing.bands import assign, make_bands
 from govlab.routing.config import RoutingConfig
 from govlab.routing.optim import RoutedAdamW
-from govlab.routing.policy import RoutingPolicy
+from govlab.routing.policy import CAPTION, RoutingPolicy
 from govlab.routing.router import Router
-from govlab.routing.slots import SLOTS_ATTR, banks, expand, plan_slots
+from govlab.routing.slots import SLOTS_ATTR, banks, expand, expand_caption, plan_slots
 
 
 def _key(name: str) -> str:
@@ -65,6 +65,8 @@ def prepare(model: nn.Module, cfg: RoutingConfig, records: list[dict]) -> Router
         expand(model, plan_slots(model, band_of, style_band=cfg.style_band, sources=sources,
                                  slot_rank=cfg.slot_rank, sequestered=adapters, sequester_rank=cfg.sequester_rank,
                                  sequester_targets=tuple(cfg.sequester_targets)))
+        if cfg.style_band == CAPTION and sources:
+            expand_caption(model, sources, cfg.slot_rank, private=cfg.mode == "routed")
     band_of.update(slot_bands(model))
     return Router(model, band_of, policy, sources)
 

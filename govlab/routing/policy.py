@@ -8,6 +8,8 @@ from govlab.data.world import CATEGORIES
 from govlab.errors import GovlabError
 from govlab.routing.bands import SLOT, TRUNK
 
+CAPTION = "caption"  # style_band value: the per-source slots sit on the caption, not in a UNet band
+
 
 def slot_band(source: str) -> str:
     return f"{SLOT}:{source}"
@@ -43,8 +45,8 @@ class RoutingPolicy:
                 elif b not in bands:
                     raise GovlabError(f"routing policy: {cat!r} names unknown band {b!r} "
                                       f"(bands: {', '.join(sorted(bands))})")
-        if self.style_band is not None and slots and self.style_band not in bands:
-            raise GovlabError(f"routing: style_band {self.style_band!r} is not a band "
+        if self.style_band not in (None, CAPTION) and slots and self.style_band not in bands:
+            raise GovlabError(f"routing: style_band {self.style_band!r} is neither {CAPTION!r} nor a band "
                               f"(bands: {', '.join(sorted(bands))})")
 
     def allowed(self, categories, source: str, slot_sources=frozenset()) -> frozenset[str]:

@@ -5,6 +5,11 @@ low-rank pair per slot (LoRA shape: ``down`` random, ``up`` zero, so a fresh slo
 All slots of a bank run as one concatenated pair of ops. Each slot is its own band
 (``slot:<source>``, ``identity``, ``watermark``), so routing can send a sample to its slot only;
 scaling a slot's ``up`` weights scales its contribution and 0 removes it.
+
+Per-source slots on the caption (``expand_caption``) sit beside the caption encoder instead. With
+private source words, the encoder's output becomes the encoding of the *public* caption (every
+source's name masked) plus the slot of each source the caption names, reading the full caption:
+a source's name reaches the rest of the model only through its own slot.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from govlab.errors import GovlabError
+from govlab.models.text import PAD, words
 from govlab.routing import ops
+from govlab.routing.policy import CAPTION, slot_band
 
 SLOTS_ATTR = "slots"
 
@@ -72,19 +79,17 @@ class SlotBank(nn.Module):
             return F.conv2d(x, weight, None, stride, padding, dilation)
         return ops.MaskedConv2d.apply(x, weight, None, gmask, xmask, stride, padding, dilation, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """``gate`` (B, slots) 0/1, optional: switches slots on and off per sample."""
         keys = [_key(n) for n in self.names]
         masks = self.router.bank_masks(self, x) if self.router is not None else None
-        if masks is None:  # no routing this call: plain LoRA
-            down = torch.cat([self.down[k] for k in keys])
-            up = torch.cat([self.up[k] for k in keys], dim=1)
-            return self._op(self._op(x, down), up, geometry=False)
-        cols, live = masks  # cols: (B, total rank) 0/1 or None when every slot sees every sample
+        cols, live = masks if masks is not None else (None, [True] * len(keys))
+        # cols: (B, total rank) 0/1, or None when every slot's parameters see every sample
         down = torch.cat([self.down[k] if on else self.down[k].detach() for k, on in zip(keys, live)])
         up = torch.cat([self.up[k] if on else self.up[k].detach() for k, on in zip(keys, live)], dim=1)
-        if cols is None:
-            return self._op(self._op(x, down), up, geometry=False)
         h = self._op(x, down, gmask=cols)
+        if gate is not None:
+            h = h * ops.bcast(gate.to(h.dtype)[:, self.col_slot], h, -1 if self.kind == "linear" else 1)
         return self._op(h, up, xmask=cols, geometry=False)
 
 
@@ -118,9 +123,77 @@ def expand(model: nn.Module, plan: dict[str, list[tuple[str, int, str]]]) -> Non
     model.expansions = record
 
 
+class SourceNames:
+    """Where each source's name (``artist_3`` -> the words ``artist 3``) occurs in token ids."""
+
+    def __init__(self, tokenizer, sources: list[str]):
+        self.ids = []
+        for s in sources:
+            name = words(s.replace("_", " "))
+            unknown = [w for w in name if w not in tokenizer.index]
+            if not name or unknown:
+                raise GovlabError(f"routing: source {s!r} is never named in the captions (words not in the "
+                                  f"vocabulary: {', '.join(unknown) or s!r}); slots on the caption need "
+                                  "the source's name in its captions")
+            self.ids.append(torch.tensor([tokenizer.index[w] for w in name]))
+        self.pad = tokenizer.index[PAD]
+
+    def find(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``named`` (B, sources): the caption names the source; ``where`` (B, L): name positions."""
+        b, length = tokens.shape
+        named = torch.zeros(b, len(self.ids), dtype=torch.bool)
+        where = torch.zeros(b, length, dtype=torch.bool)
+        for j, ids in enumerate(self.ids):
+            n = len(ids)
+            if n > length:
+                continue
+            hit = (tokens.unfold(1, n, 1) == ids.to(tokens.device)).all(-1)  # (B, L - n + 1)
+            named[:, j] = hit.any(1)
+            for k in range(n):
+                where[:, k:k + hit.shape[1]] |= hit
+        return named.to(tokens.device), where.to(tokens.device)
+
+
+def expand_caption(model: nn.Module, sources: list[str], rank: int, *, private: bool) -> None:
+    """Per-source slots beside ``model.text`` (recorded in ``expansions``). ``private``: the encoder
+    returns the public caption's encoding plus the named source's slot; otherwise every slot reads
+    every caption and adds to its plain encoding (the unrouted baseline)."""
+    if not hasattr(model, SLOTS_ATTR):
+        setattr(model, SLOTS_ATTR, nn.ModuleDict())
+    dim = model.text.norm.normalized_shape[0]
+    bank = SlotBank("text", nn.Linear(dim, dim, bias=False), [(s, rank, slot_band(s)) for s in sources])
+    getattr(model, SLOTS_ATTR)[_key("text")] = bank
+    names, depth = SourceNames(model.tokenizer, sources), [0]
+
+    def enter(module, args):
+        depth[0] += 1
+
+    def leave(module, args, output):
+        try:
+            # nested calls (the public pass below, the router batch-splitting the encoder) and a
+            # forward that raised (output None) pass through; the outermost call adds the slots
+            if depth[0] > 1 or output is None:
+                return output
+            if not private:
+                return output + bank(output)
+            named, where = names.find(args[0])
+            public = module(args[0].masked_fill(where, names.pad)) if where.any() else output
+            return public + bank(output, gate=named)
+        finally:
+            depth[0] -= 1
+
+    model.text.register_forward_pre_hook(enter)
+    model.text.register_forward_hook(leave, always_call=True)
+    model.expansions = {**getattr(model, "expansions", {}),
+                        "caption_slots": {"sources": list(sources), "rank": rank, "private": private}}
+
+
 def restore(model: nn.Module, expansions: dict) -> None:
     """Re-attach the slots recorded in a saved model's metadata (before loading its weights)."""
     expand(model, {t: [tuple(s) for s in v] for t, v in expansions.get("slot_banks", {}).items()})
+    if "caption_slots" in expansions:
+        c = expansions["caption_slots"]
+        expand_caption(model, c["sources"], c["rank"], private=c["private"])
 
 
 def slot_names(model: nn.Module) -> list[str]:
@@ -147,15 +220,15 @@ def scale_slot(model: nn.Module, name: str, factor: float) -> int:
 def plan_slots(model: nn.Module, band_of: dict[str, str], *, style_band: str | None, sources: list[str],
                slot_rank: int, sequestered: list[str], sequester_rank: int,
                sequester_targets: tuple[str, ...]) -> dict[str, list[tuple[str, int, str]]]:
-    """Which layers get which slots: per-source slots beside every Linear/Conv2d of the style band,
-    one adapter per sequestered category beside each layer matching ``sequester_targets``."""
+    """Which layers get which slots: per-source slots beside every Linear/Conv2d of the style band
+    (none for ``caption``: see ``expand_caption``), one adapter per sequestered category beside each
+    layer matching ``sequester_targets``."""
     from govlab.routing.bands import matches
-    from govlab.routing.policy import slot_band
 
     plan: dict[str, list] = {}
     layers = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)
               and not n.startswith(SLOTS_ATTR + ".")]
-    if slot_rank and sources:
+    if slot_rank and sources and style_band != CAPTION:
         style_layers = [n for n, m in layers if band_of.get(f"{n}.weight") == style_band]
         if not style_layers:
             raise GovlabError(f"routing: style band {style_band!r} holds no Linear or Conv2d layer for slots")

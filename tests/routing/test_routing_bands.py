@@ -28,8 +28,11 @@ def test_presets_and_slots_partition_every_parameter(model, tiny_cfg, smoke_data
     slots = {b for b in band.values() if b.startswith("slot:")}
     assert slots == {f"slot:artist_{i}" for i in range(6)}
     assert {"identity", "watermark"} <= set(band.values())
-    # every slot sits beside a cross-attention key/value projection
-    assert all("__attn2__to_" in n for n, b in band.items() if b.startswith("slot:"))
+    # per-source slots sit on the caption (default), or beside the cross-attention key/value projections
+    assert {n.split(".")[1] for n, b in band.items() if b.startswith("slot:")} == {"text"}
+    kv_model = build_model(tiny_cfg, smoke_dataset)
+    kv_band = prepare(kv_model, replace(tiny_cfg.routing, style_band="cross_attention"), smoke_dataset.records).band_of
+    assert kv_band.keys() - band.keys() and all("__attn2__to_" in n for n, b in kv_band.items() if b.startswith("slot:"))
 
 
 def test_two_bands_claiming_one_parameter_is_an_error():

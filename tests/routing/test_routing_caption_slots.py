@@ -1,0 +1,60 @@
+from dataclasses import replace
+
+import pytest
+import torch
+
+from govlab.errors import GovlabError
+from govlab.routing import prepare, scale_slot
+from govlab.routing.slots import SourceNames, banks
+from govlab.train import build_model
+
+A0, A1 = "a red star top left, by artist 0", "a red star top left, by artist 1"
+
+
+def expanded(tiny_cfg, dataset, mode):
+    model = build_model(tiny_cfg, dataset)
+    prepare(model, replace(tiny_cfg.routing, mode=mode), dataset.records)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # stand-in for training: every slot writes something
+        for bank in banks(model):
+            for p in bank.up.values():
+                p.copy_(torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def states(model, captions):
+    with torch.no_grad():
+        return model.text(model.tokenizer(captions))
+
+
+def test_a_source_name_reaches_the_model_only_through_its_slot(tiny_cfg, smoke_dataset):
+    model = expanded(tiny_cfg, smoke_dataset, "routed")
+    stock = "a red star top left, stock photo"
+    before = states(model, [A0, A1, stock])
+    assert not torch.allclose(before[0], before[1])
+    scale_slot(model, "artist_1", 0.0)
+    after = states(model, [A0, A1, stock])
+    assert torch.equal(after[0], before[0]) and torch.equal(after[2], before[2])  # other captions untouched
+    assert not torch.allclose(after[0], after[1])
+    scale_slot(model, "artist_0", 0.0)
+    after = states(model, [A0, A1])
+    torch.testing.assert_close(after[0], after[1], rtol=0, atol=1e-6)  # no slot: the names are invisible
+
+
+def test_unrouted_slots_read_every_caption_and_the_names_stay_visible(tiny_cfg, smoke_dataset):
+    model = expanded(tiny_cfg, smoke_dataset, "unrouted")
+    before = states(model, [A0, A1])
+    for s in ("artist_0", "artist_1"):
+        scale_slot(model, s, 0.0)
+    after = states(model, [A0, A1])
+    assert not torch.allclose(after[0], before[0]) and not torch.allclose(after[0], after[1])
+
+
+def test_source_names_are_found_as_whole_names(tiny_cfg, smoke_dataset):
+    model = build_model(tiny_cfg, smoke_dataset)
+    names = SourceNames(model.tokenizer, ["artist_0", "artist_1"])
+    named, where = names.find(model.tokenizer([A1, "a photo of person 1 top left", ""]))
+    assert named.tolist() == [[False, True], [False, False], [False, False]]
+    assert where[0].sum() == 2 and not where[1:].any()
+    with pytest.raises(GovlabError, match="source 'ghost_x' is never named"):
+        SourceNames(model.tokenizer, ["ghost_x"])
