@@ -12,6 +12,9 @@ REGULARIZERS = ("caption", "embedding")
 WATCH_MODES = ("all", "rotating")
 # score range of each detector: noise-magnitude is a norm, regeneration is 1 - min(1, l2 ratio)
 SCORE_RANGE = {"noise": (0.0, math.inf), "regeneration": (0.0, 1.0)}
+# where a calibrated threshold may land: a regeneration score above 2/3 (l2 ratio below 1/3) is the
+# literature's extraction criterion and always flags; below 1/3 (ratio above 2/3) never does
+CALIBRATED_RANGE = {"noise": (0.0, math.inf), "regeneration": (1 / 3, 2 / 3)}
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class MemorizationConfig:
     samples (``watch``: ``all``, ``rotating`` = ``watch_size`` rows per check in a fixed shuffled
     cycle, or a list of dataset rows / file names) with ``detector``, flags samples scoring above
     ``threshold`` (``null``: calibrated at each check as median + ``calibrate_k`` x MAD of the latest
-    score of every caption seen so far) and applies ``intervention`` to every flagged sample from then
+    score of every caption seen so far, kept within the detector's ``CALIBRATED_RANGE``) and applies ``intervention`` to every flagged sample from then
     on: ``attenuate`` (loss weight x ``factor``), ``regularize`` (``caption``: each word replaced by a
     random vocabulary word with probability ``strength``; ``embedding``: Gaussian noise of std
     ``strength`` on its caption embedding), ``drop`` (excluded from later epochs), or ``none``

@@ -12,7 +12,7 @@ from govlab.data.dataset import Dataset
 from govlab.errors import GovlabError
 from govlab.hooks import Hook, StepContext
 from govlab.io import write_json
-from govlab.memorization.config import MemorizationConfig
+from govlab.memorization.config import CALIBRATED_RANGE, MemorizationConfig
 from govlab.memorization.detectors import noise_magnitude, pixel_features, regeneration_scores, unique_images
 
 MONITOR_FILE = "memorization.json"
@@ -111,7 +111,8 @@ class MemorizationMonitor(Hook):
         if self.cfg.threshold is not None:
             return self.cfg.threshold
         per_key = {self.keys[r]: s for r, s in self.latest_scores.items()}
-        return calibrate(list(per_key.values()), self.cfg.calibrate_k)
+        lo, hi = CALIBRATED_RANGE[self.cfg.detector]
+        return min(max(calibrate(list(per_key.values()), self.cfg.calibrate_k), lo), hi)
 
     def check(self, trainer, step: int) -> list[int]:
         """Score the next watched rows, flag new ones and log; returns the newly flagged rows."""

@@ -122,3 +122,25 @@ def localization(cfg: RunConfig, workdir: str | Path, *, artist: str = "artist_0
     summary["goal_a_others_within_2"] = abs(summary["a_minus_b_others_points"]) <= 2
     summary["goal_c_not_at_chance"] = c["style_acc_source"] > max(chance, b["style_acc_source"]) + 0.05
     return {"rows": rows, "summary": summary}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m govlab.routing.experiment WORKDIR [--preset P] [--artist A]``: the localization
+    experiment (three trainings under ``WORKDIR``, reused when present); writes
+    ``WORKDIR/localization.json`` and prints the summary as one JSON line."""
+    import argparse
+
+    from govlab.config import load_config
+
+    p = argparse.ArgumentParser(prog="python -m govlab.routing.experiment")
+    p.add_argument("workdir")
+    p.add_argument("--preset", default="routed")
+    p.add_argument("--artist", default="artist_0")
+    args = p.parse_args(argv)
+    result = localization(load_config(args.preset), args.workdir, artist=args.artist, progress=True)
+    write_json(Path(args.workdir) / "localization.json", result)
+    print(json.dumps(result["summary"]))
+
+
+if __name__ == "__main__":
+    main()

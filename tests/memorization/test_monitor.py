@@ -7,6 +7,7 @@ import torch
 from govlab.config import from_dict, load_config
 from govlab.errors import GovlabError
 from govlab.hooks import StepContext
+from govlab.memorization.config import MemorizationConfig
 from govlab.memorization.monitor import MemorizationMonitor, attach, read_monitor
 from govlab.train import Trainer
 
@@ -44,6 +45,18 @@ def test_calibrated_threshold_flags_only_outliers(mem_cfg, smoke_dataset, tmp_pa
     assert scores.min() < mon.threshold  # median + k * MAD is above the median
     assert all(mon.latest_scores[r] > h for r, h in ((r, mon.threshold) for r in mon.flagged
                                                      if mon.flagged[r] == 11))
+
+
+def test_calibrated_regeneration_threshold_stays_between_the_criteria(smoke_dataset):
+    mon = MemorizationMonitor(MemorizationConfig(mode="monitor", detector="regeneration"), smoke_dataset)
+    n = len(smoke_dataset)
+    mon.latest_scores = dict.fromkeys(range(n), 0.0)  # median + k MAD is 0: any positive score would flag
+    assert mon.current_threshold() == pytest.approx(1 / 3)
+    mon.latest_scores = {r: 0.2 if r % 3 == 0 else 0.9 for r in range(n)}  # median + k MAD is 0.9
+    assert mon.current_threshold() == pytest.approx(2 / 3)  # capped: the extraction criterion always flags
+    noise = MemorizationMonitor(MemorizationConfig(mode="monitor", detector="noise"), smoke_dataset)
+    noise.latest_scores = dict.fromkeys(range(n), 0.0)
+    assert noise.current_threshold() == 0.0
 
 
 def _ctx(t, rows):
