@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from govlab.routing.bands import KV
 
 MODES = ("off", "routed", "unrouted")
 IDENTITY_MODES = ("sequester", "reject")
@@ -43,12 +42,17 @@ class RoutingConfig:
     - ``semantics``, ``composition`` -> ``outer``, ``middle`` and ``cross_attention``: shapes,
       colours and layout are learnt at every depth, shared by all sources.
     - ``identity`` and ``watermark`` are sequestered: such samples change only their own dedicated
-      adapter band (``identity``/``watermark``: low-rank adapters on ``sequester_targets``) and nothing
-      else, not even the trunk, so the band can be dropped at release. ``identity: reject`` instead
-      refuses identity samples at ingestion (logged to events.jsonl with file and reason).
+      adapter band (``identity``/``watermark``) and nothing else, not even the trunk, so the band can
+      be dropped at release. By default the adapter sits on the caption like a source slot, triggered
+      by the words only that category's captions hold (``of``, ``person``; ``stock``), so it acts on
+      the prompts that ask for it and on no other: an adapter on UNet layers
+      (``sequester_targets``: layer patterns) acts on every sample, and the shared layers, trained
+      around its constant output, lost half their shape and style accuracy (measured: README).
+      ``identity: reject`` instead refuses identity samples at ingestion (logged to events.jsonl
+      with file and reason).
 
     ``mode: unrouted`` builds the same expanded model (slots, adapters) but trains it with plain
-    gradients and AdamW: the baseline that shows what routing buys.
+    gradients and AdamW, every slot reading every caption: the baseline that shows what routing buys.
     """
 
     mode: str = "off"  # off | routed | unrouted
@@ -61,7 +65,7 @@ class RoutingConfig:
     slot_rank: int = 4  # 0: no per-source slots
     slot_sources: tuple[str, ...] = ()  # () = every source with style samples
     sequester_rank: int = 4
-    sequester_targets: tuple[str, ...] = (*KV, "unet.up_blocks.*.resnets.*.conv2")
+    sequester_targets: tuple[str, ...] = ("caption",)  # "caption" and/or UNet layer patterns
     slot_lr_scale: float = 1.0  # learning rate of every slot (per-source and sequestered) relative to train.lr
     move_unrouted: bool = False  # True: parameters with no routed gradient still take AdamW's step
 

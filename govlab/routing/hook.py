@@ -13,9 +13,10 @@ from govlab.io import write_json
 from govlab.routing.bands import assign, make_bands
 from govlab.routing.config import RoutingConfig
 from govlab.routing.optim import RoutedAdamW
-from govlab.routing.policy import CAPTION, RoutingPolicy
+from govlab.routing.policy import CAPTION, RoutingPolicy, slot_band
 from govlab.routing.router import Router
-from govlab.routing.slots import SLOTS_ATTR, banks, expand, expand_caption, plan_slots
+from govlab.routing.slots import (SLOTS_ATTR, banks, category_phrases, expand, expand_caption, plan_slots,
+                                  source_phrases)
 
 
 def _key(name: str) -> str:
@@ -65,8 +66,16 @@ def prepare(model: nn.Module, cfg: RoutingConfig, records: list[dict]) -> Router
         expand(model, plan_slots(model, band_of, style_band=cfg.style_band, sources=sources,
                                  slot_rank=cfg.slot_rank, sequestered=adapters, sequester_rank=cfg.sequester_rank,
                                  sequester_targets=tuple(cfg.sequester_targets)))
+        caption, phrases = [], {}
         if cfg.style_band == CAPTION and sources:
-            expand_caption(model, sources, cfg.slot_rank, private=cfg.mode == "routed")
+            caption += [(s, cfg.slot_rank, slot_band(s)) for s in sources]
+            phrases.update(source_phrases(model.tokenizer, sources))
+        present = [c for c in adapters if any(c in r["categories"] for r in records)]
+        if CAPTION in cfg.sequester_targets and present:  # an adapter with no samples has no triggers
+            caption += [(c, cfg.sequester_rank, c) for c in present]
+            phrases.update(category_phrases(records, present))
+        if caption:
+            expand_caption(model, caption, phrases, private=cfg.mode == "routed")
     band_of.update(slot_bands(model))
     return Router(model, band_of, policy, sources)
 

@@ -6,10 +6,11 @@ All slots of a bank run as one concatenated pair of ops. Each slot is its own ba
 (``slot:<source>``, ``identity``, ``watermark``), so routing can send a sample to its slot only;
 scaling a slot's ``up`` weights scales its contribution and 0 removes it.
 
-Per-source slots on the caption (``expand_caption``) sit beside the caption encoder instead. With
-private source words, the encoder's output becomes the encoding of the *public* caption (every
-source's name masked) plus the slot of each source the caption names, reading the full caption:
-a source's name reaches the rest of the model only through its own slot.
+Slots on the caption (``expand_caption``: per-source slots, sequestered adapters) sit beside the
+caption encoder instead, each with trigger phrases (a source's name; words only a sequestered
+category's captions hold). With private triggers, the encoder's output becomes the encoding of the
+*public* caption (every trigger masked) plus the slots whose triggers the caption holds, reading the
+full caption: a source's name reaches the rest of the model only through its own slot.
 """
 
 from __future__ import annotations
@@ -123,47 +124,73 @@ def expand(model: nn.Module, plan: dict[str, list[tuple[str, int, str]]]) -> Non
     model.expansions = record
 
 
-class SourceNames:
-    """Where each source's name (``artist_3`` -> the words ``artist 3``) occurs in token ids."""
+def source_phrases(tokenizer, sources: list[str]) -> dict[str, list[list[str]]]:
+    """Each source's trigger: its name (``artist_3`` -> the words ``artist 3``)."""
+    out = {}
+    for s in sources:
+        name = words(s.replace("_", " "))
+        unknown = [w for w in name if w not in tokenizer.index]
+        if not name or unknown:
+            raise GovlabError(f"routing: source {s!r} is never named in the captions (words not in the "
+                              f"vocabulary: {', '.join(unknown) or s!r}); slots on the caption need "
+                              "the source's name in its captions")
+        out[s] = [name]
+    return out
 
-    def __init__(self, tokenizer, sources: list[str]):
-        self.ids = []
-        for s in sources:
-            name = words(s.replace("_", " "))
-            unknown = [w for w in name if w not in tokenizer.index]
-            if not name or unknown:
-                raise GovlabError(f"routing: source {s!r} is never named in the captions (words not in the "
-                                  f"vocabulary: {', '.join(unknown) or s!r}); slots on the caption need "
-                                  "the source's name in its captions")
-            self.ids.append(torch.tensor([tokenizer.index[w] for w in name]))
+
+def category_phrases(records: list[dict], categories: list[str]) -> dict[str, list[list[str]]]:
+    """Each sequestered category's triggers: the words in every caption of its samples and in no
+    other caption (the embedded world: ``of``, ``person`` for identity; ``stock`` for watermark)."""
+    out = {}
+    for c in categories:
+        mine = [set(words(r["caption"])) for r in records if c in r["categories"]]
+        others = set().union(*[words(r["caption"]) for r in records if c not in r["categories"]])
+        found = sorted(set.intersection(*mine) - others) if mine else []
+        if not found:
+            raise GovlabError(f"routing: the captions of {c!r} samples share no word that other captions "
+                              f"lack, so a caption adapter cannot tell when to act; set "
+                              f"routing.sequester_targets to UNet layer patterns instead")
+        out[c] = [[w] for w in found]
+    return out
+
+
+class CaptionTriggers:
+    """Where each caption slot's trigger phrases occur in token ids."""
+
+    def __init__(self, tokenizer, phrases: dict[str, list[list[str]]]):
+        self.ids = [[torch.tensor([tokenizer.index[w] for w in p]) for p in ps] for ps in phrases.values()]
         self.pad = tokenizer.index[PAD]
 
     def find(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``named`` (B, sources): the caption names the source; ``where`` (B, L): name positions."""
+        """``named`` (B, slots): the caption holds one of the slot's phrases; ``where`` (B, L): their positions."""
         b, length = tokens.shape
-        named = torch.zeros(b, len(self.ids), dtype=torch.bool)
-        where = torch.zeros(b, length, dtype=torch.bool)
-        for j, ids in enumerate(self.ids):
-            n = len(ids)
-            if n > length:
-                continue
-            hit = (tokens.unfold(1, n, 1) == ids.to(tokens.device)).all(-1)  # (B, L - n + 1)
-            named[:, j] = hit.any(1)
-            for k in range(n):
-                where[:, k:k + hit.shape[1]] |= hit
-        return named.to(tokens.device), where.to(tokens.device)
+        named = torch.zeros(b, len(self.ids), dtype=torch.bool, device=tokens.device)
+        where = torch.zeros(b, length, dtype=torch.bool, device=tokens.device)
+        for j, phrases in enumerate(self.ids):
+            for ids in phrases:
+                n = len(ids)
+                if n > length:
+                    continue
+                hit = (tokens.unfold(1, n, 1) == ids.to(tokens.device)).all(-1)  # (B, L - n + 1)
+                named[:, j] |= hit.any(1)
+                for k in range(n):
+                    where[:, k:k + hit.shape[1]] |= hit
+        return named, where
 
 
-def expand_caption(model: nn.Module, sources: list[str], rank: int, *, private: bool) -> None:
-    """Per-source slots beside ``model.text`` (recorded in ``expansions``). ``private``: the encoder
-    returns the public caption's encoding plus the named source's slot; otherwise every slot reads
-    every caption and adds to its plain encoding (the unrouted baseline)."""
+def expand_caption(model: nn.Module, slots: list[tuple[str, int, str]], phrases: dict[str, list[list[str]]],
+                   *, private: bool) -> None:
+    """Slots beside ``model.text``, ``[(name, rank, band), ...]``, each with its trigger phrases
+    (recorded in ``expansions``). ``private``: the encoder returns the encoding of the public caption
+    (every trigger phrase masked) plus the slots whose phrases the caption holds, reading the full
+    caption; otherwise every slot reads every caption and adds to its plain encoding (the unrouted
+    baseline)."""
     if not hasattr(model, SLOTS_ATTR):
         setattr(model, SLOTS_ATTR, nn.ModuleDict())
     dim = model.text.norm.normalized_shape[0]
-    bank = SlotBank("text", nn.Linear(dim, dim, bias=False), [(s, rank, slot_band(s)) for s in sources])
+    bank = SlotBank("text", nn.Linear(dim, dim, bias=False), slots)
     getattr(model, SLOTS_ATTR)[_key("text")] = bank
-    names, depth = SourceNames(model.tokenizer, sources), [0]
+    triggers, depth = CaptionTriggers(model.tokenizer, {n: phrases[n] for n in bank.names}), [0]
 
     def enter(module, args):
         depth[0] += 1
@@ -176,8 +203,8 @@ def expand_caption(model: nn.Module, sources: list[str], rank: int, *, private: 
                 return output
             if not private:
                 return output + bank(output)
-            named, where = names.find(args[0])
-            public = module(args[0].masked_fill(where, names.pad)) if where.any() else output
+            named, where = triggers.find(args[0])
+            public = module(args[0].masked_fill(where, triggers.pad)) if where.any() else output
             return public + bank(output, gate=named)
         finally:
             depth[0] -= 1
@@ -185,7 +212,8 @@ def expand_caption(model: nn.Module, sources: list[str], rank: int, *, private: 
     model.text.register_forward_pre_hook(enter)
     model.text.register_forward_hook(leave, always_call=True)
     model.expansions = {**getattr(model, "expansions", {}),
-                        "caption_slots": {"sources": list(sources), "rank": rank, "private": private}}
+                        "caption_slots": {"slots": [list(x) for x in bank.slots],
+                                          "phrases": {n: phrases[n] for n in bank.names}, "private": private}}
 
 
 def restore(model: nn.Module, expansions: dict) -> None:
@@ -193,7 +221,7 @@ def restore(model: nn.Module, expansions: dict) -> None:
     expand(model, {t: [tuple(s) for s in v] for t, v in expansions.get("slot_banks", {}).items()})
     if "caption_slots" in expansions:
         c = expansions["caption_slots"]
-        expand_caption(model, c["sources"], c["rank"], private=c["private"])
+        expand_caption(model, [tuple(x) for x in c["slots"]], c["phrases"], private=c["private"])
 
 
 def slot_names(model: nn.Module) -> list[str]:
@@ -221,8 +249,8 @@ def plan_slots(model: nn.Module, band_of: dict[str, str], *, style_band: str | N
                slot_rank: int, sequestered: list[str], sequester_rank: int,
                sequester_targets: tuple[str, ...]) -> dict[str, list[tuple[str, int, str]]]:
     """Which layers get which slots: per-source slots beside every Linear/Conv2d of the style band
-    (none for ``caption``: see ``expand_caption``), one adapter per sequestered category beside each
-    layer matching ``sequester_targets``."""
+    and one adapter per sequestered category beside each layer matching ``sequester_targets``; none
+    for ``caption`` (see ``expand_caption``)."""
     from govlab.routing.bands import matches
 
     plan: dict[str, list] = {}
@@ -234,11 +262,12 @@ def plan_slots(model: nn.Module, band_of: dict[str, str], *, style_band: str | N
             raise GovlabError(f"routing: style band {style_band!r} holds no Linear or Conv2d layer for slots")
         for n in style_layers:
             plan.setdefault(n, []).extend((s, slot_rank, slot_band(s)) for s in sources)
-    if sequestered:
-        for pattern in sequester_targets:
+    targets = [t for t in sequester_targets if t != CAPTION]
+    if sequestered and targets:
+        for pattern in targets:
             if not any(matches(f"{n}.weight", pattern) for n, _ in layers):
                 raise GovlabError(f"routing: sequester target {pattern!r} matches no Linear or Conv2d layer")
         for n, _ in layers:
-            if any(matches(f"{n}.weight", p) for p in sequester_targets):
+            if any(matches(f"{n}.weight", p) for p in targets):
                 plan.setdefault(n, []).extend((c, sequester_rank, c) for c in sequestered)
     return plan

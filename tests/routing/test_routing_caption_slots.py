@@ -5,7 +5,7 @@ import torch
 
 from govlab.errors import GovlabError
 from govlab.routing import prepare, scale_slot
-from govlab.routing.slots import SourceNames, banks
+from govlab.routing.slots import CaptionTriggers, banks, category_phrases, source_phrases
 from govlab.train import build_model
 
 A0, A1 = "a red star top left, by artist 0", "a red star top left, by artist 1"
@@ -50,11 +50,17 @@ def test_unrouted_slots_read_every_caption_and_the_names_stay_visible(tiny_cfg, 
     assert not torch.allclose(after[0], before[0]) and not torch.allclose(after[0], after[1])
 
 
-def test_source_names_are_found_as_whole_names(tiny_cfg, smoke_dataset):
+def test_triggers_are_source_names_and_words_only_a_category_holds(tiny_cfg, smoke_dataset):
     model = build_model(tiny_cfg, smoke_dataset)
-    names = SourceNames(model.tokenizer, ["artist_0", "artist_1"])
-    named, where = names.find(model.tokenizer([A1, "a photo of person 1 top left", ""]))
-    assert named.tolist() == [[False, True], [False, False], [False, False]]
-    assert where[0].sum() == 2 and not where[1:].any()
+    phrases = {**source_phrases(model.tokenizer, ["artist_0", "artist_1"]),
+               **category_phrases(smoke_dataset.records, ["identity", "watermark"])}
+    assert phrases["identity"] == [["of"], ["person"]] and phrases["watermark"] == [["stock"]]
+    triggers = CaptionTriggers(model.tokenizer, phrases)
+    named, where = triggers.find(model.tokenizer([A1, "a photo of person 1 top left", "a red star, stock photo", ""]))
+    assert named.tolist() == [[False, True, False, False], [False, False, True, False],
+                              [False, False, False, True], [False] * 4]
+    assert where.sum(1).tolist() == [2, 2, 1, 0]  # "artist 1" as a whole, not the "1" of "person 1"
     with pytest.raises(GovlabError, match="source 'ghost_x' is never named"):
-        SourceNames(model.tokenizer, ["ghost_x"])
+        source_phrases(model.tokenizer, ["ghost_x"])
+    with pytest.raises(GovlabError, match="captions of 'composition' samples share no word"):
+        category_phrases(smoke_dataset.records, ["composition"])
