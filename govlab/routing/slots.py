@@ -162,20 +162,23 @@ class CaptionTriggers:
         self.pad = tokenizer.index[PAD]
 
     def find(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``named`` (B, slots): the caption holds one of the slot's phrases; ``where`` (B, L): their positions."""
-        b, length = tokens.shape
-        named = torch.zeros(b, len(self.ids), dtype=torch.bool, device=tokens.device)
-        where = torch.zeros(b, length, dtype=torch.bool, device=tokens.device)
-        for j, phrases in enumerate(self.ids):
+        """``named`` (B, slots): the caption holds one of the slot's phrases; ``where`` (B, L): their
+        positions. Out-of-place ops only, so that it runs under ``torch.func.vmap`` (D-TRAK)."""
+        length = tokens.shape[1]
+        where = torch.zeros_like(tokens, dtype=torch.bool)
+        named = []
+        for phrases in self.ids:
+            found = torch.zeros_like(tokens[:, 0], dtype=torch.bool)
             for ids in phrases:
                 n = len(ids)
                 if n > length:
                     continue
                 hit = (tokens.unfold(1, n, 1) == ids.to(tokens.device)).all(-1)  # (B, L - n + 1)
-                named[:, j] |= hit.any(1)
+                found = found | hit.any(1)
                 for k in range(n):
-                    where[:, k:k + hit.shape[1]] |= hit
-        return named, where
+                    where = where | F.pad(hit.to(torch.uint8), (k, n - 1 - k)).bool()
+            named.append(found)
+        return torch.stack(named, 1), where
 
 
 def expand_caption(model: nn.Module, slots: list[tuple[str, int, str]], phrases: dict[str, list[list[str]]],
@@ -204,7 +207,7 @@ def expand_caption(model: nn.Module, slots: list[tuple[str, int, str]], phrases:
             if not private:
                 return output + bank(output)
             named, where = triggers.find(args[0])
-            public = module(args[0].masked_fill(where, triggers.pad)) if where.any() else output
+            public = module(args[0].masked_fill(where, triggers.pad))
             return public + bank(output, gate=named)
         finally:
             depth[0] -= 1
