@@ -74,8 +74,10 @@ def train_all(cfg: RunConfig, workdir: str | Path, *, artist: str, only: str | N
     return out
 
 
-def localization(cfg: RunConfig, workdir: str | Path, *, artist: str = "artist_0", progress: bool = False) -> dict:
-    """Train what is missing, then score every variant; returns rows and the goal checks."""
+def localization(cfg: RunConfig, workdir: str | Path, *, artist: str = "artist_0", per_prompt: int | None = None,
+                 progress: bool = False) -> dict:
+    """Train what is missing, then score every variant (``per_prompt`` generations per probe prompt,
+    default the config's eval); returns rows and the goal checks."""
     paths = train_all(cfg, workdir, artist=artist, progress=progress)
     sources = run_dataset(cfg, progress=progress).sources
     e = cfg.eval
@@ -84,7 +86,7 @@ def localization(cfg: RunConfig, workdir: str | Path, *, artist: str = "artist_0
         model = TextToImage.load(path)
         for slot in zero:
             scale_slot(model, slot, 0.0)
-        return effect(score_model(model, sources, per_prompt=e.per_prompt, steps=e.steps, guidance=e.guidance,
+        return effect(score_model(model, sources, per_prompt=per_prompt or e.per_prompt, steps=e.steps, guidance=e.guidance,
                                   seed=cfg.train.seed)[0], artist)
 
     variants = [
@@ -125,8 +127,8 @@ def localization(cfg: RunConfig, workdir: str | Path, *, artist: str = "artist_0
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m govlab.routing.experiment WORKDIR [--preset P] [--artist A]``: the localization
-    experiment (three trainings under ``WORKDIR``, reused when present); writes
+    """``python -m govlab.routing.experiment WORKDIR [--preset P] [--artist A] [--per-prompt N]``: the
+    localization experiment (three trainings under ``WORKDIR``, reused when present); writes
     ``WORKDIR/localization.json`` and prints the summary as one JSON line."""
     import argparse
 
@@ -136,8 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("workdir")
     p.add_argument("--preset", default="routed")
     p.add_argument("--artist", default="artist_0")
+    p.add_argument("--per-prompt", type=int, default=None, help="generations per probe prompt (default: the preset's)")
     args = p.parse_args(argv)
-    result = localization(load_config(args.preset), args.workdir, artist=args.artist, progress=True)
+    result = localization(load_config(args.preset), args.workdir, artist=args.artist, per_prompt=args.per_prompt,
+                          progress=True)
     write_json(Path(args.workdir) / "localization.json", result)
     print(json.dumps(result["summary"]))
 
