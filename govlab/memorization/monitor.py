@@ -62,6 +62,9 @@ class MemorizationMonitor(Hook):
         # rows sharing this key get one score: the caption (noise), or caption and image (regeneration)
         self.keys = [(r["caption"], int(self.image_of[i]) if cfg.detector == "regeneration" else -1)
                      for i, r in enumerate(dataset.records)]
+        self.rows_of: dict[tuple, list[int]] = {}
+        for i, k in enumerate(self.keys):
+            self.rows_of.setdefault(k, []).append(i)
         self.rng = torch.Generator().manual_seed(cfg.seed + 1)
         self.latest_scores: dict[int, float] = {}
         self.flagged: dict[int, int] = {}
@@ -115,19 +118,26 @@ class MemorizationMonitor(Hook):
         return min(max(calibrate(list(per_key.values()), self.cfg.calibrate_k), lo), hi)
 
     def check(self, trainer, step: int) -> list[int]:
-        """Score the next watched rows, flag new ones and log; returns the newly flagged rows."""
+        """Score the next watched rows, flag those above the threshold together with every copy (row
+        with the same key, watched or not) and log; returns the newly flagged rows."""
         rows = self.next_rows()
         scores = self.score(trainer, rows)
         self.latest_scores.update(scores)
         self.threshold = self.current_threshold()
-        new = [r for r in rows if scores[r] > self.threshold and r not in self.flagged]
+        above = [r for r in rows if scores[r] > self.threshold]
+        copy_of = {r: r for r in above if r not in self.flagged}  # newly flagged row -> the row that flagged it
+        for r in above:
+            for c in self.rows_of[self.keys[r]]:
+                if c not in self.flagged:
+                    copy_of.setdefault(c, r)
         events = trainer.events
         self.log_interventions(events, step)
-        for r in new:
-            self.flagged[r] = step
-            events.write("memorization_flag", step=step, sample=r, file=self.records[r]["file_name"],
+        for c, r in copy_of.items():
+            self.flagged[c] = step
+            events.write("memorization_flag", step=step, sample=c, file=self.records[c]["file_name"],
                          score=round(scores[r], 6), threshold=round(self.threshold, 6), action=self.action,
-                         detector=self.cfg.detector)
+                         detector=self.cfg.detector, **({} if c == r else {"copy_of": r}))
+        new = list(copy_of)
         if new and self.cfg.intervention == "drop":
             trainer.sampler.exclude(new)
         self.history.append({"step": step, "threshold": self.threshold, "scores": scores})

@@ -97,6 +97,17 @@ def test_drop_excludes_flagged_samples_from_later_epochs(mem_cfg, smoke_dataset,
     assert all(e["action"] == "drop" for e in flags(tmp_path))
 
 
+def test_a_flag_covers_every_unwatched_copy_of_the_flagged_sample(mem_cfg, smoke_dataset, tmp_path):
+    copies = [i for i, r in enumerate(smoke_dataset.records) if r.get("duplicate_group", -1) == 0]
+    watched = copies[0]
+    t = trainer(mem_cfg(intervention="drop", watch=(watched,), threshold=1e-9), smoke_dataset, tmp_path).fit()
+    assert len(copies) > 1 and t.sampler.excluded == set(copies)
+    events = {e["sample"]: e for e in flags(tmp_path)}
+    assert set(events) == set(copies) and "copy_of" not in events[watched]
+    assert all(events[c]["copy_of"] == watched and events[c]["score"] == events[watched]["score"]
+               for c in copies[1:])
+
+
 def test_resume_restores_the_monitor(mem_cfg, smoke_dataset, tmp_path):
     cfg = mem_cfg(intervention="attenuate", watch="rotating", watch_size=10, threshold=1e-9)
     straight = trainer(cfg, smoke_dataset, tmp_path / "a").fit()
