@@ -19,19 +19,24 @@ def slot_ablation_scores(model, probe) -> list[dict]:
     """For each source with a slot: how much the model's output on ``probe`` (minus its diffusion
     loss on fixed noises and timesteps, ``govlab.attribution.probe.model_output``, the quantity that
     leave-one-out retraining and LDS measure) drops when the source's slot is scaled to 0; ranked,
-    largest first. One loss evaluation per source, no sampling and no gradients."""
+    largest first. One loss evaluation per slot that can act on the probe's captions, no sampling and
+    no gradients; a caption slot the captions do not switch on scores exactly 0 without one."""
     from govlab.attribution.probe import model_output
     from govlab.routing.config import RoutingConfig
-    from govlab.routing.slots import SLOTS_ATTR, scale_slot, slot_names
+    from govlab.routing.slots import SLOTS_ATTR, acting_slots, scale_slot, slot_names
 
     sequestered = set(RoutingConfig().sequestered)
     sources = [s for s in slot_names(model) if s not in sequestered]
     if not sources:
         raise GovlabError("this model has no per-source slots (train with routing.mode: routed)")
-    base = model_output(model, probe)
+    acting = acting_slots(model, probe.tokens)
+    base = model_output(model, probe) if acting & set(sources) else 0.0
     saved = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(SLOTS_ATTR + ".")}
     out = []
     for s in sources:
+        if s not in acting:
+            out.append({"source": s, "score": 0.0})
+            continue
         scale_slot(model, s, 0.0)
         out.append({"source": s, "score": round(base - model_output(model, probe), 8)})
         model.load_state_dict(saved, strict=False)

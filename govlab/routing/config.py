@@ -29,9 +29,9 @@ class RoutingConfig:
     The default policy for the embedded world:
 
     - ``style`` -> ``slot``: every source with style samples owns a low-rank slot on the caption
-      (``style_band: caption``): the caption states the UNet reads are those of the *public* caption,
-      every source's name masked, plus the slot of the source the caption names, reading the full
-      caption. A source's name therefore reaches the model only through its own slot (a caption that
+      (``style_band: caption``): the caption encoder reads the *public* caption, every source's name
+      masked, and the slot of the source the caption names adds its reading of that encoding. A
+      source's name therefore reaches the model only by switching on its own slot (a caption that
       names no source switches every slot off), and a style sample's gradient reaches only its own
       source's slot (expand-route-ablate, Cloud et al. 2024). ``govlab attenuate`` scales a slot's
       output; 0 removes it, and with it the model's only way to know which source a prompt names.

@@ -8,9 +8,9 @@ scaling a slot's ``up`` weights scales its contribution and 0 removes it.
 
 Slots on the caption (``expand_caption``: per-source slots, sequestered adapters) sit beside the
 caption encoder instead, each with trigger phrases (a source's name; words only a sequestered
-category's captions hold). With private triggers, the encoder's output becomes the encoding of the
-*public* caption (every trigger masked) plus the slots whose triggers the caption holds, reading the
-full caption: a source's name reaches the rest of the model only through its own slot.
+category's captions hold). With private triggers, the encoder reads the *public* caption (every
+trigger masked) and the slots whose triggers the caption holds add to its output: a source's name
+reaches the rest of the model only by switching on its own slot.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class SlotBank(nn.Module):
         self.register_buffer("col_slot", torch.cat([torch.full((r,), i) for i, (_, r, _) in
                                                     enumerate(self.slots)]), persistent=False)
         self.router = None  # set while a Router is installed
+        self.triggers = None  # caption slots with private triggers: CaptionTriggers
 
     @property
     def names(self) -> list[str]:
@@ -184,33 +185,37 @@ class CaptionTriggers:
 def expand_caption(model: nn.Module, slots: list[tuple[str, int, str]], phrases: dict[str, list[list[str]]],
                    *, private: bool) -> None:
     """Slots beside ``model.text``, ``[(name, rank, band), ...]``, each with its trigger phrases
-    (recorded in ``expansions``). ``private``: the encoder returns the encoding of the public caption
-    (every trigger phrase masked) plus the slots whose phrases the caption holds, reading the full
-    caption; otherwise every slot reads every caption and adds to its plain encoding (the unrouted
-    baseline)."""
+    (recorded in ``expansions``). ``private``: the encoder reads the *public* caption (every trigger
+    phrase masked) and each slot whose phrases the caption holds adds its reading of that encoding,
+    so a trigger reaches the model only as the switch of its own slot; otherwise every slot reads
+    every caption and adds to its plain encoding (the unrouted baseline). One encoder pass either way."""
     if not hasattr(model, SLOTS_ATTR):
         setattr(model, SLOTS_ATTR, nn.ModuleDict())
     dim = model.text.norm.normalized_shape[0]
     bank = SlotBank("text", nn.Linear(dim, dim, bias=False), slots)
     getattr(model, SLOTS_ATTR)[_key("text")] = bank
-    triggers, depth = CaptionTriggers(model.tokenizer, {n: phrases[n] for n in bank.names}), [0]
+    triggers = CaptionTriggers(model.tokenizer, {n: phrases[n] for n in bank.names})
+    bank.triggers = triggers if private else None
+    depth, gate = [0], [None]
 
+    # nested calls (the router batch-splitting the encoder) pass through; the outermost masks the
+    # triggers on the way in and adds the slots on the way out
     def enter(module, args):
         depth[0] += 1
+        if depth[0] > 1 or not private:
+            return None
+        gate[0], where = triggers.find(args[0])
+        return (args[0].masked_fill(where, triggers.pad), *args[1:])
 
     def leave(module, args, output):
         try:
-            # nested calls (the public pass below, the router batch-splitting the encoder) and a
-            # forward that raised (output None) pass through; the outermost call adds the slots
-            if depth[0] > 1 or output is None:
+            if depth[0] > 1 or output is None:  # nested, or a forward that raised
                 return output
-            if not private:
-                return output + bank(output)
-            named, where = triggers.find(args[0])
-            public = module(args[0].masked_fill(where, triggers.pad))
-            return public + bank(output, gate=named)
+            return output + bank(output, gate=gate[0])
         finally:
             depth[0] -= 1
+            if depth[0] == 0:
+                gate[0] = None
 
     model.text.register_forward_pre_hook(enter)
     model.text.register_forward_hook(leave, always_call=True)
@@ -231,6 +236,19 @@ def slot_names(model: nn.Module) -> list[str]:
     out = []
     for bank in banks(model):
         out += [n for n in bank.names if n not in out]
+    return out
+
+
+def acting_slots(model: nn.Module, tokens: torch.Tensor) -> set[str]:
+    """The slots that can change the model's output for captions ``tokens``: every slot of a bank
+    without triggers, and the slots of a triggered bank whose phrases one of the captions holds."""
+    out = set()
+    for bank in banks(model):
+        if bank.triggers is None:
+            out.update(bank.names)
+        else:
+            named = bank.triggers.find(tokens)[0].any(0).tolist()
+            out.update(n for n, on in zip(bank.names, named) if on)
     return out
 
 

@@ -64,3 +64,25 @@ def test_triggers_are_source_names_and_words_only_a_category_holds(tiny_cfg, smo
         source_phrases(model.tokenizer, ["ghost_x"])
     with pytest.raises(GovlabError, match="captions of 'composition' samples share no word"):
         category_phrases(smoke_dataset.records, ["composition"])
+
+
+def test_slot_ablation_skips_only_slots_the_prompt_cannot_switch_on(tiny_cfg, smoke_dataset):
+    from govlab.attribution.probe import make_probe, model_output
+    from govlab.provenance.attribute import slot_ablation_scores
+    from govlab.routing.slots import SLOTS_ATTR, acting_slots
+
+    model = expanded(tiny_cfg, smoke_dataset, "routed")
+    tokens = model.tokenizer([A1, A1])
+    probe = make_probe(torch.rand(2, 3, 16, 16) * 2 - 1, tokens, k=2, seed=0)
+    assert acting_slots(model, tokens) == {"artist_1"}
+    saved = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(SLOTS_ATTR + ".")}
+    base, exhaustive = model_output(model, probe), {}
+    for s in ("artist_0", "artist_1", "artist_2"):  # every slot ablated, the prompt's or not
+        scale_slot(model, s, 0.0)
+        exhaustive[s] = base - model_output(model, probe)
+        model.load_state_dict(saved, strict=False)
+    scores = {r["source"]: r["score"] for r in slot_ablation_scores(model, probe)}
+    assert exhaustive["artist_0"] == exhaustive["artist_2"] == 0.0 != exhaustive["artist_1"]
+    assert all(scores[s] == pytest.approx(v, abs=1e-8) for s, v in exhaustive.items())
+    unrouted = expanded(tiny_cfg, smoke_dataset, "unrouted")
+    assert acting_slots(unrouted, tokens) >= {"artist_0", "artist_1", "artist_2"}
