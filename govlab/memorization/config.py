@@ -26,8 +26,7 @@ class MemorizationConfig:
     cycle, or a list of dataset rows / file names) with ``detector``, flags samples scoring above
     ``threshold`` (``null``: calibrated at each check as median + ``calibrate_k`` x MAD of the latest
     score of every caption seen so far, kept within the detector's ``CALIBRATED_RANGE``) and applies ``intervention`` to every flagged sample from then
-    on: ``attenuate`` (loss weight x ``factor``; with ``renormalize`` the batch's weights are then
-    rescaled to keep their sum, so that the other samples' gradient keeps its scale), ``regularize`` (``caption``: each word replaced by a
+    on: ``attenuate`` (loss weight x ``factor``), ``regularize`` (``caption``: each word replaced by a
     random vocabulary word with probability ``strength``; ``embedding``: Gaussian noise of std
     ``strength`` on its caption embedding), ``drop`` (excluded from later epochs), or ``none``
     (monitor only: training is exactly that of an unmonitored run).
@@ -43,7 +42,6 @@ class MemorizationConfig:
     calibrate_k: float = 6.0
     intervention: str = "attenuate"  # none | attenuate | regularize | drop
     factor: float = 0.0  # attenuate: loss weight of a flagged sample
-    renormalize: bool = True  # attenuate: the batch's weights keep their sum
     regularize: str = "caption"  # caption | embedding
     strength: float = 0.5
     noises: int = 2  # noise-magnitude: noise draws (shared by all captions)

@@ -179,10 +179,7 @@ class MemorizationMonitor(Hook):
     def before_backward(self, ctx: StepContext) -> None:
         self._noise_mask = None
         if self._active and self.cfg.intervention == "attenuate":
-            total = ctx.weights.sum()
             ctx.weights[self._active] = ctx.weights[self._active] * self.cfg.factor
-            if self.cfg.renormalize and ctx.weights.sum() > 0:
-                ctx.weights.mul_(total / ctx.weights.sum())
 
     def after_step(self, ctx: StepContext) -> None:
         done = ctx.step + 1
