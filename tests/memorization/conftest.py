@@ -22,6 +22,6 @@ def smoke_run(smoke_cfg, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("mem") / "smoke"
     cfg = from_dict({"memorization": {"mode": "monitor", "every": 10, "start": 0, "watch": "all",
-                                      "threshold": 0.01}}, base=smoke_cfg)
+                                      "threshold": 0.01, "intervention": "attenuate"}}, base=smoke_cfg)
     train_run(cfg, out, progress=False)
     return out
