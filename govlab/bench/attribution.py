@@ -7,10 +7,11 @@ from govlab.config import from_dict, load_config
 
 
 def bench_config(quick: bool):
-    """The routed run being attributed: smoke-sized (quick) or the routed preset."""
+    """The routed run being attributed: smoke-sized (quick; trained long enough to learn the
+    artists' styles) or the routed preset."""
     if quick:
         return from_dict({"name": "attr-quick", "routing": {"mode": "routed"},
-                          "train": {"steps": 60, "checkpoint_every": 20}}, base=load_config("smoke"))
+                          "train": {"steps": 300, "checkpoint_every": 100}}, base=load_config("smoke"))
     return load_config("routed")
 
 
