@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 
 from govlab.errors import GovlabError
 from govlab.io import write_json
-from govlab.memorization.detectors import MEMORIZED_RATIO, distances, pixel_features, unique_images, world_features
+from govlab.memorization.detectors import (MEMORIZED_RATIO, detection_auc, distances, pixel_features, unique_images,
+                                          world_features)
 
 AUDIT_DIR = "memorization"
 
@@ -74,6 +75,9 @@ def audit(model, dataset, *, rows: list[int] | None = None, n: int = 4, steps: i
         if has_truth:
             result[f"extraction_rate_planted{suffix}"] = _rate([it[s] for it in items if it["planted"]])
             result[f"extraction_rate_others{suffix}"] = _rate([it[s] for it in items if not it["planted"]])
+            # how well the ratio alone separates planted duplicates from the rest (lower: more memorized)
+            result[f"auc_planted{suffix}"] = detection_auc([-it[f"{s}_ratio"] for it in items],
+                                                           [it["planted"] for it in items])
     result["reproduced"] = [it for it in items if any(it[s] for s in spaces)]
     result["items"] = items
     # one (training image, closest generation) pair per caption, most reproduced first

@@ -36,6 +36,7 @@ def test_audit_counts_exactly_the_reproduced_images(smoke_dataset):
     planted = {r["caption"] for r in smoke_dataset.records if r["duplicate_group"] >= 0}
     assert result["extraction_rate_planted"] == 1.0 and result["extraction_rate_others"] == 0.0
     assert result["extraction_rate_planted_feature"] == 1.0
+    assert result["auc_planted"] == result["auc_planted_feature"] == 1.0  # copies: ratio 0, the rest far
     assert {it["caption"] for it in result["reproduced"]} == planted
     assert all(it["copies"] == 6 and it["pixel_ratio"] == 0 for it in result["reproduced"])
     assert pairs.shape == (2 * result["captions"], 3, 16, 16)
