@@ -25,8 +25,9 @@ class MemorizationConfig:
     samples (``watch``: ``all``, ``rotating`` = ``watch_size`` rows per check in a fixed shuffled
     cycle, or a list of dataset rows / file names) with ``detector``, flags samples scoring above
     ``threshold`` (``null``: calibrated at each check as median + ``calibrate_k`` x MAD of the latest
-    score of every caption seen so far, kept within the detector's ``CALIBRATED_RANGE``) and applies ``intervention`` to every flagged sample from then
-    on: ``attenuate`` (loss weight x ``factor``), ``regularize`` (``caption``: each word replaced by a
+    score of every caption seen so far, kept within the detector's ``CALIBRATED_RANGE``) and applies
+    ``intervention`` to every flagged sample and its copies (same caption; same image too for the
+    regeneration detector) from then on: ``attenuate`` (loss weight x ``factor``), ``regularize`` (``caption``: each word replaced by a
     random vocabulary word with probability ``strength``; ``embedding``: Gaussian noise of std
     ``strength`` on its caption embedding), ``drop`` (excluded from later epochs), or ``none``
     (monitor only: training is exactly that of an unmonitored run).

@@ -194,9 +194,9 @@ def expand_caption(model: nn.Module, slots: list[tuple[str, int, str]], phrases:
     dim = model.text.norm.normalized_shape[0]
     bank = SlotBank("text", nn.Linear(dim, dim, bias=False), slots)
     getattr(model, SLOTS_ATTR)[_key("text")] = bank
-    triggers = CaptionTriggers(model.tokenizer, {n: phrases[n] for n in bank.names})
-    bank.triggers = triggers if private else None
-    depth, gate = [0], [None]
+    if private:
+        bank.triggers = CaptionTriggers(model.tokenizer, {n: phrases[n] for n in bank.names})
+    triggers, depth, gate = bank.triggers, [0], [None]
 
     # nested calls (the router batch-splitting the encoder) pass through; the outermost masks the
     # triggers on the way in and adds the slots on the way out
