@@ -76,8 +76,9 @@ def default_prompts(pool: list[BlackBox], *, n: int = 5, candidates: int = 24, p
                     min_support: float = 0.15, seed: int = 0) -> list[str]:
     """The selection step: ``n`` detailed prompts best supported by every base (worst-case support).
 
-    The default floor ``min_support`` is about the chance level of the checks (0.15): barely trained
-    bases (the quick zoo's reach 0.16-0.22) must still yield prompts; raise it for trained pools.
+    The default floor ``min_support`` is about the chance level of the checks (0.15): small, briefly
+    trained bases (the quick zoo's best reach 0.25-0.31) must still yield prompts; raise it for
+    trained pools.
     """
     return select_prompts(*support_table(pool, detailed_prompts(candidates, seed=seed),
                                          per_prompt=per_prompt, seed=seed), keep=n, min_support=min_support)

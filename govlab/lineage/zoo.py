@@ -90,7 +90,7 @@ def recipes(*, quick: bool = True) -> list[Recipe]:
         arch = {"channels": [16, 32, 32], "attention": [False, False, True], "text_dim": 32,
                 "text_layers": 1, "head_dim": 8}
         world = {"per_artist": 24, "n_stock": 16, "per_person": 6, "dup_groups": 2, "dup_copies": 6}
-        steps, ft_steps, per_artist_ft = 300, 60, 60
+        steps, ft_steps, per_artist_ft = 600, 60, 60
     else:
         arch = {"channels": [32, 64, 64], "attention": [False, True, True], "text_dim": 64, "text_layers": 2}
         world = {"per_artist": 150, "n_stock": 120, "per_person": 40, "dup_groups": 8, "dup_copies": 25}

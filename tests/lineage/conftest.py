@@ -5,7 +5,7 @@ K = 100  # the paper's k; samples are cached, so tests, notebook and bench share
 
 @pytest.fixture(scope="session")
 def quick_zoo():
-    """The quick zoo, built once into the govlab cache (about 4 minutes the first time)."""
+    """The quick zoo, built once into the govlab cache (about 8 minutes the first time)."""
     from govlab.lineage.zoo import cached_zoo
 
     return cached_zoo(quick=True)
