@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 
 from govlab.errors import GovlabError
 from govlab.io import write_json
-from govlab.memorization.detectors import (MEMORIZED_RATIO, detection_auc, distances, pixel_features, unique_images,
-                                          world_features)
+from govlab.memorization.detectors import (MEMORIZED_RATIO, detection_auc, distances, mem_ratio, noise_magnitude,
+                                          pixel_features, unique_images, world_features)
 
 AUDIT_DIR = "memorization"
 
@@ -91,6 +91,35 @@ def audit(model, dataset, *, rows: list[int] | None = None, n: int = 4, steps: i
     return result, torch.stack(pairs)
 
 
+def noise_magnitude_check(model, dataset, captions: list[str], *, timesteps=(800,), noises: int = 2,
+                          seeds: int = 4, steps: int = 8, guidance: float = 3.0, unconditional: int = 256,
+                          seed: int = 0) -> dict:
+    """How the noise-magnitude detector separates planted duplicates from the other ``captions``.
+
+    ``auc_noise_magnitude``: the monitor's form (pure noise at ``timesteps``);
+    ``auc_noise_magnitude_by_step``: Wen et al.'s trajectory form, per step of each caption's own
+    guided sampling. Below 0.5 the planted captions score lower, not higher. Also the share of
+    ``unconditional`` generations whose nearest distinct training image (pixels) is planted,
+    beside the planted share of distinct images: how much the unconditional model is drawn to them.
+    """
+    planted = {r["caption"]: r.get("duplicate_group", -1) >= 0 for r in dataset.records}
+    positive = [planted[c] for c in captions]
+    first = noise_magnitude(model, model.tokenizer(captions), noises=noises, timesteps=timesteps, seed=seed)
+    by_step = torch.stack([model.guidance_gaps(captions, seed=seed + k, steps=steps, guidance=guidance)
+                           for k in range(seeds)]).mean(0)
+    uniq, image_of = unique_images(dataset.images)
+    planted_image = torch.zeros(len(uniq), dtype=torch.bool)
+    for i, r in enumerate(dataset.records):
+        planted_image[image_of[i]] |= r.get("duplicate_group", -1) >= 0
+    gens = model.generate([""] * unconditional, seed=seed, steps=20, guidance=guidance)
+    nearest = mem_ratio(pixel_features(gens), pixel_features(uniq))[1]
+    return {"auc_noise_magnitude": detection_auc(first.numpy(), positive),
+            "auc_noise_magnitude_by_step": [detection_auc(by_step[:, j].numpy(), positive)
+                                            for j in range(by_step.shape[1])],
+            "unconditional_nearest_planted": _rate(planted_image[nearest].numpy()),
+            "planted_share_images": _rate(planted_image.numpy())}
+
+
 def audit_run(run: str | Path, *, sample: int | None = None, n: int = 4, steps: int | None = None,
               seed: int = 0, progress: bool = True) -> dict:
     """Audit a trained run; writes ``RUN/memorization/audit.json`` and ``audit_grid.png``."""
@@ -119,6 +148,12 @@ def audit_run(run: str | Path, *, sample: int | None = None, n: int = 4, steps: 
     evaluator = load_evaluator(cfg.model.image_size, progress=progress)[0]
     result, pairs = audit(model, dataset, rows=rows, n=n, steps=steps or cfg.eval.steps,
                           guidance=cfg.eval.guidance, seed=seed, evaluator=evaluator, progress=progress)
+    captions = [it["caption"] for it in result["items"]]
+    n_planted = sum(it["planted"] for it in result["items"])
+    if all("duplicate_group" in r for r in dataset.records) and 0 < n_planted < len(captions):
+        m = cfg.memorization
+        result.update(noise_magnitude_check(model, dataset, captions, timesteps=m.timesteps, noises=m.noises,
+                                            guidance=cfg.eval.guidance, seed=seed))
     out = run / AUDIT_DIR
     grid = out / "audit_grid.png"
     save_png(image_grid(pairs, ncol=16), grid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,7 +54,21 @@ class TextToImage(nn.Module):
         self.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, 3, s, s, dtype=torch.uint8)
 
-    def _sample(self, prompts, x, steps, guidance):
+    @torch.no_grad()
+    def guidance_gaps(self, prompts: list[str], *, seed: int = 0, steps: int = 8,
+                      guidance: float = 3.0) -> torch.Tensor:
+        """``||eps(x_t, c) - eps(x_t, null)|| / sqrt(C*H*W)`` at each step of each prompt's own guided
+        sampling trajectory, ``(B, steps)``: Wen et al.'s memorization metric in its trajectory form."""
+        s = self.cfg.image_size
+        x = torch.randn(len(prompts), 3, s, s, generator=torch.Generator().manual_seed(seed))
+        gaps: list[torch.Tensor] = []
+        was_training = self.training
+        self.eval()
+        self._sample(list(prompts), x, steps, guidance, gaps)
+        self.train(was_training)
+        return torch.stack(gaps, dim=1) / math.sqrt(3 * s * s)
+
+    def _sample(self, prompts, x, steps, guidance, gaps=None):
         # The cosine schedule has alpha_bar(999) ~ 2e-9: an x0 prediction there divides by ~5e-5 and
         # saturates every pixel. Start one spacing below T ("leading" + offset) and clip x0 to [-1, 1].
         sched = DPMSolverMultistepScheduler.from_config(
@@ -66,6 +81,8 @@ class TextToImage(nn.Module):
         x = x * sched.init_noise_sigma
         for t in sched.timesteps:
             eps_u, eps_c = self.predict_noise(torch.cat([x, x]), t, ctx).chunk(2)
+            if gaps is not None:
+                gaps.append((eps_c - eps_u).flatten(1).norm(dim=1))
             x = sched.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
         return to_uint8(x)
 

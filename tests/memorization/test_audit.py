@@ -71,3 +71,28 @@ def test_audit_without_data_access_is_one_error(smoke_run, tmp_path):
 def test_audit_bad_counts(smoke_run, args, message):
     proc = govlab("audit-memorization", str(smoke_run), *args)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_guidance_gaps_vanish_without_a_caption_and_follow_the_sampler(smoke_run):
+    from govlab.models.diffusion import TextToImage
+
+    model = TextToImage.load(smoke_run / "model.safetensors")
+    gaps = model.guidance_gaps(["", "a red circle top left, by artist 0"], steps=5)
+    assert gaps.shape == (2, 5)
+    assert torch.all(gaps[0] == 0) and torch.all(gaps[1] > 0)  # no caption: conditional == unconditional
+
+
+def test_noise_magnitude_check_reports_every_step_and_the_planted_share(smoke_run, smoke_dataset):
+    from govlab.memorization.audit import noise_magnitude_check
+    from govlab.memorization.detectors import unique_images
+    from govlab.models.diffusion import TextToImage
+
+    model = TextToImage.load(smoke_run / "model.safetensors")
+    captions = list(dict.fromkeys(r["caption"] for r in smoke_dataset.records))
+    out = noise_magnitude_check(model, smoke_dataset, captions, seeds=2, steps=3, unconditional=16)
+    assert len(out["auc_noise_magnitude_by_step"]) == 3
+    assert all(0 <= a <= 1 for a in [out["auc_noise_magnitude"], *out["auc_noise_magnitude_by_step"]])
+    uniq, image_of = unique_images(smoke_dataset.images)
+    planted = {int(image_of[i]) for i, r in enumerate(smoke_dataset.records) if r["duplicate_group"] >= 0}
+    assert out["planted_share_images"] == round(len(planted) / len(uniq), 4)
+    assert out["unconditional_nearest_planted"] in [k / 16 for k in range(17)]
