@@ -55,28 +55,23 @@ TARGETS = ["a_full_new", "b_lora", "c_twice", "d_low_lr", "e_same", "outsider", 
 # T = mu - 1.64 sigma of the pool's own distances (0.47-0.53) sits below what a 60-step fine-tune
 # keeps from its base in most prompts. Strict: a fix must turn these into passes.
 KNOWN_MISSES = {
-    "b_lora": "NULL 3 of 5 prompts: nearest base_b (0.44, next 0.74), NULL threshold 0.47",
-    "c_twice": "NULL: two rounds on new data end as far from base_c (0.99) as from base_a/b (1.01/0.97)",
-    "e_same": "NULL 3 of 5 prompts: nearest base_e (0.63, next 1.21), NULL threshold 0.47",
+    "gaussian": {
+        "b_lora": "NULL 3 of 5 prompts: nearest base_b (0.44, next 0.74), NULL threshold 0.47",
+        "c_twice": "NULL: two rounds on new data end as far from base_c (0.99) as from base_a/b (1.01/0.97)",
+        "e_same": "NULL 3 of 5 prompts: nearest base_e (0.63, next 1.21), NULL threshold 0.47",
+    },
+    "knn": {
+        "c_twice": "NULL: nearest base_c (0.13, next 0.15) but above the NULL threshold (0.05)",
+    },
 }
-KNOWN_MISSES_KNN = {
-    "c_twice": "NULL: nearest base_c (0.13, next 0.15) but above the NULL threshold (0.05)",
-}
 
 
+@pytest.mark.parametrize("method", ["gaussian", "knn"])
 @pytest.mark.parametrize("target", TARGETS)
-def test_quick_zoo_decision(verdicts, target, request):
-    if target in KNOWN_MISSES:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[target]))
-    v = verdicts[target]
-    assert v.result.base == v.expected, (v.result.base, [x.vote for x in v.result.votes])
-
-
-@pytest.mark.parametrize("target", TARGETS)
-def test_quick_zoo_decision_knn(knn_verdicts, target, request):
-    if target in KNOWN_MISSES_KNN:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_MISSES_KNN[target]))
-    v = knn_verdicts[target]
+def test_quick_zoo_decision(verdicts, knn_verdicts, method, target, request):
+    if target in KNOWN_MISSES[method]:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[method][target]))
+    v = (verdicts if method == "gaussian" else knn_verdicts)[target]
     assert v.result.base == v.expected, (v.result.base, [x.vote for x in v.result.votes])
 
 
