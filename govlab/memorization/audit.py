@@ -92,7 +92,7 @@ def audit(model, dataset, *, rows: list[int] | None = None, n: int = 4, steps: i
 
 
 def noise_magnitude_check(model, dataset, captions: list[str], *, timesteps=(800,), noises: int = 2,
-                          seeds: int = 4, steps: int = 8, guidance: float = 3.0, unconditional: int = 256,
+                          seeds: int = 2, steps: int = 8, guidance: float = 3.0, unconditional: int = 128,
                           seed: int = 0) -> dict:
     """How the noise-magnitude detector separates planted duplicates from the other ``captions``.
 
@@ -111,7 +111,7 @@ def noise_magnitude_check(model, dataset, captions: list[str], *, timesteps=(800
     planted_image = torch.zeros(len(uniq), dtype=torch.bool)
     for i, r in enumerate(dataset.records):
         planted_image[image_of[i]] |= r.get("duplicate_group", -1) >= 0
-    gens = model.generate([""] * unconditional, seed=seed, steps=20, guidance=guidance)
+    gens = model.generate([""] * unconditional, seed=seed, steps=steps, guidance=guidance)
     nearest = mem_ratio(pixel_features(gens), pixel_features(uniq))[1]
     return {"auc_noise_magnitude": detection_auc(first.numpy(), positive),
             "auc_noise_magnitude_by_step": [detection_auc(by_step[:, j].numpy(), positive)
