@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from govlab.data.dataset import Dataset, load_dataset
 from govlab.data.world import WORLD_VERSION, WorldConfig, generate_world
@@ -23,14 +23,20 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
-def build_once(path: str | Path, ready: Callable[[], bool], build: Callable[[], object]) -> None:
+def build_once(path: str | Path, ready: Callable[[], bool], build: Callable[[], object], *,
+               wait: bool = True) -> bool:
     """Run ``build`` for cache entry ``path`` unless ``ready()``: under a lock beside the entry and
     checked again there, so that concurrent processes (test workers, notebooks) build it once while
-    the others wait, instead of building it side by side."""
+    the others wait, instead of building it side by side. ``wait=False``: return False at once
+    when another process holds the entry (True once it is ready)."""
     if not ready():
-        with FileLock(f"{path}.lock"):
-            if not ready():  # another process may have built it meanwhile
-                build()
+        try:
+            with FileLock(f"{path}.lock", timeout=-1 if wait else 0):
+                if not ready():  # another process may have built it meanwhile
+                    build()
+        except Timeout:
+            return False
+    return True
 
 
 def world_dir(cfg: WorldConfig, *, progress: bool = True) -> Path:

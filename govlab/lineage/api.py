@@ -13,7 +13,7 @@ from govlab.lineage.decision import DEFAULT_TAU, LineageResult, correlated_bases
 from govlab.lineage.distance import METHODS, isomap_embed, pairwise_distances
 from govlab.lineage.features import extract, get_extractor
 from govlab.lineage.prompts import detailed_prompts, select_prompts, support
-from govlab.lineage.sampling import BlackBox, load_model, sample
+from govlab.lineage.sampling import BlackBox, load_model, sample, sample_all
 
 N_NEIGHBORS = 10
 N_COMPONENTS = 10
@@ -45,6 +45,7 @@ def load_pool(pool) -> list[BlackBox]:
 def model_features(boxes: list[BlackBox], prompts: list[str], k: int, *, extractor: nn.Module,
                    seed: int = 0) -> Features:
     """Features of ``k`` samples per (prompt, model)."""
+    sample_all(boxes, prompts, k, seed=seed)
     return {p: {b.name: extract(extractor, sample(b, p, k, seed=seed)) for b in boxes} for p in prompts}
 
 
@@ -87,6 +88,7 @@ def default_prompts(pool: list[BlackBox], *, n: int = 5, candidates: int = 24, p
 def support_table(pool: list[BlackBox], prompts: list[str], *, per_prompt: int = 8,
                   seed: int = 0) -> tuple[list[str], np.ndarray]:
     """``(prompts, support[p, m])`` measured on ``per_prompt`` generations of every base."""
+    sample_all(pool, prompts, per_prompt, seed=seed)
     evaluator = None
     table = np.zeros((len(prompts), len(pool)))
     for j, box in enumerate(pool):

@@ -62,8 +62,11 @@ def load_model(model, *, name: str | None = None, steps: int = 10, guidance: flo
     raise GovlabError(f"cannot generate images with a {type(model).__name__}")
 
 
-def sample(box: BlackBox, prompt: str, k: int, *, seed: int = 0, cache: bool = True) -> torch.Tensor:
-    """``k`` images of ``prompt`` from ``box``, uint8 ``(k, 3, H, W)``; read from the cache when present."""
+def sample(box: BlackBox, prompt: str, k: int, *, seed: int = 0, cache: bool = True,
+           wait: bool = True) -> torch.Tensor | None:
+    """``k`` images of ``prompt`` from ``box``, uint8 ``(k, 3, H, W)``; read from the cache when present.
+
+    ``wait=False``: None at once when another process is generating them."""
     if k < 1:
         raise GovlabError(f"k must be >= 1, got {k}")
     ident = {"model": box.key, "prompt": prompt, "k": k, "seed": seed}
@@ -78,8 +81,17 @@ def sample(box: BlackBox, prompt: str, k: int, *, seed: int = 0, cache: bool = T
         with atomic_path(path) as tmp:
             save_file({"images": images}, str(tmp), metadata={"govlab_sample": json.dumps(ident)})
 
-    build_once(path, path.is_file, build)
+    if not build_once(path, path.is_file, build, wait=wait):
+        return None
     return load_file(str(path))["images"]
+
+
+def sample_all(boxes: list[BlackBox], prompts: list[str], k: int, *, seed: int = 0) -> None:
+    """Fill the cache with ``k`` images of every prompt from every box. Entries another process is
+    generating are passed over, so that processes asking for the same samples share the work."""
+    for p in prompts:
+        for b in boxes:
+            sample(b, p, k, seed=seed, wait=False)
 
 
 def _generate(box: BlackBox, prompt: str, k: int, noise_seed: int) -> torch.Tensor:

@@ -10,15 +10,17 @@ Layout: ``DIR/pool/<base>/`` and ``DIR/targets/<name>/`` (govlab run directories
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
 
 from govlab.config import from_dict
-from govlab.data.cache import build_once, cache_dir, run_dataset
+from govlab.data.cache import cache_dir, run_dataset
 from govlab.data.world import WORLD_VERSION
 from govlab.errors import GovlabError
 from govlab.io import sha256_json, write_json
@@ -137,34 +139,59 @@ def recipes(*, quick: bool = True) -> list[Recipe]:
     ]
 
 
-def build_zoo(out: str | Path, *, quick: bool = True, progress: bool = True) -> Zoo:
-    """Train every recipe into ``out`` (skipping finished ones) and write ``zoo.json``."""
+def build_zoo(out: str | Path, *, quick: bool = True, progress: bool = True, poll_s: float = 1.0) -> Zoo:
+    """Train every recipe into ``out`` (skipping finished ones) and write ``zoo.json``.
+
+    Processes may build the same zoo at once and share the work: each model is trained under its
+    own lock, a process passes over a model another one holds (or whose parent is unfinished) and
+    comes back to it, polling every ``poll_s`` seconds while nothing else is left.
+    """
     out = Path(out)
     todo = recipes(quick=quick)
     by_name = {r.name: r for r in todo}
-    models = []
-    for r in tqdm(todo, desc="zoo", disable=not progress):
-        path = out / ("pool" if r.role == "base" else "targets") / r.name
-        stamp = path / "recipe.json"
-        if not (stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(asdict(r)))):
-            if r.parent is None:
-                _train_scratch(r, path)
+
+    def where(r: Recipe) -> Path:
+        return out / ("pool" if r.role == "base" else "targets") / r.name
+
+    def done(r: Recipe) -> bool:
+        stamp = where(r) / "recipe.json"
+        return stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(asdict(r)))
+
+    pending = list(todo)
+    with tqdm(total=len(todo), desc="zoo", disable=not progress) as bar:
+        while pending:
+            for r in pending:
+                if r.parent is not None and not done(by_name[r.parent]):
+                    continue
+                where(r).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with FileLock(f"{where(r)}.lock", timeout=0):
+                        if not done(r):
+                            if r.parent is None:
+                                _train_scratch(r, where(r))
+                            else:
+                                _fine_tune(r, by_name[r.parent], where(by_name[r.parent]), where(r))
+                            write_json(where(r) / "recipe.json", asdict(r))
+                except Timeout:  # another process is training it
+                    continue
+                pending.remove(r)
+                bar.update()
+                break
             else:
-                parent = by_name[r.parent]
-                parent_path = out / ("pool" if parent.role == "base" else "targets") / parent.name
-                _fine_tune(r, parent, parent_path, path)
-            write_json(stamp, asdict(r))
-        models.append(ZooModel(r.name, r.role, str(path.relative_to(out)), _expected(r, by_name),
-                               r.parent, r.note))
+                time.sleep(poll_s)
+    models = [ZooModel(r.name, r.role, str(where(r).relative_to(out)), _expected(r, by_name), r.parent, r.note)
+              for r in todo]
     write_json(out / "zoo.json", {"quick": quick, "models": [asdict(m) for m in models]})
     return Zoo.open(out)
 
 
 def cached_zoo(*, quick: bool = True, progress: bool = False) -> Zoo:
-    """The zoo built once under the govlab cache, keyed by its recipes."""
+    """The zoo built once under the govlab cache, keyed by its recipes (processes asking for it at
+    the same time share the training)."""
     key = sha256_json({"world": WORLD_VERSION, "recipes": [asdict(r) for r in recipes(quick=quick)]})[:16]
     root = cache_dir("zoo", key)
-    build_once(root, (root / "zoo.json").is_file, lambda: build_zoo(root, quick=quick, progress=progress))
+    if not (root / "zoo.json").is_file():
+        build_zoo(root, quick=quick, progress=progress)
     return Zoo.open(root)
 
 

@@ -1,0 +1,58 @@
+"""Several processes building one zoo share the work (fake training, no models)."""
+
+import threading
+import time
+from dataclasses import asdict
+
+from filelock import FileLock
+
+from govlab.io import write_json
+from govlab.lineage import zoo as Z
+
+
+def test_zoo_build_passes_over_a_model_another_process_holds(tmp_path, monkeypatch):
+    recipes = [Z.Recipe("base_a", "base", {}), Z.Recipe("base_b", "base", {}),
+               Z.Recipe("a_ft", "fine-tune", {}, parent="base_a")]
+    trained = []
+
+    def train(r, path, *parent):
+        path.mkdir(parents=True, exist_ok=True)
+        trained.append(r.name)
+
+    monkeypatch.setattr(Z, "recipes", lambda quick=True: recipes)
+    monkeypatch.setattr(Z, "_train_scratch", train)
+    monkeypatch.setattr(Z, "_fine_tune", lambda r, parent, parent_path, path: train(r, path))
+    out = tmp_path / "zoo"
+    base_a = out / "pool" / "base_a"
+    base_a.mkdir(parents=True)
+    other = FileLock(f"{base_a}.lock")  # another process is training base_a
+    other.acquire()
+    builder = threading.Thread(target=Z.build_zoo, args=(out,), kwargs={"progress": False, "poll_s": 0.02})
+    builder.start()
+    deadline = time.time() + 20
+    while not trained and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    assert trained == ["base_b"]  # base_a is held, and its fine-tune waits for it
+    write_json(base_a / "recipe.json", asdict(recipes[0]))  # the other process finishes base_a
+    other.release()
+    builder.join(20)
+    assert not builder.is_alive() and trained == ["base_b", "a_ft"]
+    assert Z.Zoo.open(out).get("a_ft").expected == "base_a"
+
+
+def test_build_once_without_waiting_passes_over_an_entry_another_process_holds(tmp_path):
+    from govlab.data.cache import build_once
+
+    entry, built = tmp_path / "entry", []
+
+    def build():
+        entry.write_text("x")
+        built.append(1)
+
+    other = FileLock(f"{entry}.lock")
+    other.acquire()
+    assert build_once(entry, entry.is_file, build, wait=False) is False and not built
+    other.release()
+    assert build_once(entry, entry.is_file, build, wait=False) is True and built == [1]
+    assert build_once(entry, entry.is_file, build) is True and built == [1]  # ready: not built again
