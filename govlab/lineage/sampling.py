@@ -62,27 +62,12 @@ def load_model(model, *, name: str | None = None, steps: int = 10, guidance: flo
     raise GovlabError(f"cannot generate images with a {type(model).__name__}")
 
 
-def sample(box: BlackBox, prompt: str, k: int, *, seed: int = 0, cache: bool = True,
-           wait: bool = True) -> torch.Tensor | None:
-    """``k`` images of ``prompt`` from ``box``, uint8 ``(k, 3, H, W)``; read from the cache when present.
-
-    ``wait=False``: None at once when another process is generating them."""
-    if k < 1:
-        raise GovlabError(f"k must be >= 1, got {k}")
-    ident = {"model": box.key, "prompt": prompt, "k": k, "seed": seed}
-    digest = sha256_json(ident)
-    path = cache_dir("lineage", "samples") / f"{box.key}-{digest[:16]}.safetensors"
-    noise_seed = int(digest[16:24], 16)
+def sample(box: BlackBox, prompt: str, k: int, *, seed: int = 0, cache: bool = True) -> torch.Tensor:
+    """``k`` images of ``prompt`` from ``box``, uint8 ``(k, 3, H, W)``; read from the cache when present."""
+    path, build, generate = _entry(box, prompt, k, seed)
     if not cache:
-        return _generate(box, prompt, k, noise_seed)
-
-    def build():
-        images = _generate(box, prompt, k, noise_seed)
-        with atomic_path(path) as tmp:
-            save_file({"images": images}, str(tmp), metadata={"govlab_sample": json.dumps(ident)})
-
-    if not build_once(path, path.is_file, build, wait=wait):
-        return None
+        return generate()
+    build_once(path, path.is_file, build)
     return load_file(str(path))["images"]
 
 
@@ -91,7 +76,28 @@ def sample_all(boxes: list[BlackBox], prompts: list[str], k: int, *, seed: int =
     generating are passed over, so that processes asking for the same samples share the work."""
     for p in prompts:
         for b in boxes:
-            sample(b, p, k, seed=seed, wait=False)
+            path, build, _ = _entry(b, p, k, seed)
+            build_once(path, path.is_file, build, wait=False)
+
+
+def _entry(box: BlackBox, prompt: str, k: int, seed: int):
+    """``(cache path, build, generate)`` of ``k`` images of ``prompt`` from ``box``."""
+    if k < 1:
+        raise GovlabError(f"k must be >= 1, got {k}")
+    ident = {"model": box.key, "prompt": prompt, "k": k, "seed": seed}
+    digest = sha256_json(ident)
+    path = cache_dir("lineage", "samples") / f"{box.key}-{digest[:16]}.safetensors"
+    noise_seed = int(digest[16:24], 16)
+
+    def generate():
+        return _generate(box, prompt, k, noise_seed)
+
+    def build():
+        images = generate()
+        with atomic_path(path) as tmp:
+            save_file({"images": images}, str(tmp), metadata={"govlab_sample": json.dumps(ident)})
+
+    return path, build, generate
 
 
 def _generate(box: BlackBox, prompt: str, k: int, noise_seed: int) -> torch.Tensor:

@@ -44,29 +44,34 @@ class TextToImage(nn.Module):
     def generate(self, prompts: list[str], *, seed: int = 0, steps: int = 20,
                  guidance: float = 3.0, batch_size: int = 256) -> torch.Tensor:
         """Sample one image per prompt with DPM-Solver and classifier-free guidance; uint8 (B, 3, S, S)."""
-        gen = torch.Generator().manual_seed(seed)
-        s = self.cfg.image_size
-        noise = torch.randn(len(prompts), 3, s, s, generator=gen)
-        was_training = self.training
-        self.eval()
-        out = [self._sample(prompts[i:i + batch_size], noise[i:i + batch_size], steps, guidance)
-               for i in range(0, len(prompts), batch_size)]
-        self.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0, 3, s, s, dtype=torch.uint8)
+        return self._batched(prompts, seed, steps, guidance, batch_size)[0]
 
     @torch.no_grad()
     def guidance_gaps(self, prompts: list[str], *, seed: int = 0, steps: int = 8,
-                      guidance: float = 3.0) -> torch.Tensor:
+                      guidance: float = 3.0, batch_size: int = 256) -> torch.Tensor:
         """``||eps(x_t, c) - eps(x_t, null)|| / sqrt(C*H*W)`` at each step of each prompt's own guided
         sampling trajectory, ``(B, steps)``: Wen et al.'s memorization metric in its trajectory form."""
+        gaps = self._batched(prompts, seed, steps, guidance, batch_size, gaps=True)[1]
+        return gaps / math.sqrt(3 * self.cfg.image_size ** 2)
+
+    def _batched(self, prompts, seed, steps, guidance, batch_size, gaps=False):
+        """Images ``(B, 3, S, S)`` sampled in batches from seeded noise and, with ``gaps``, the
+        per-step norms ``(B, steps)`` of the guidance term (else None)."""
         s = self.cfg.image_size
-        x = torch.randn(len(prompts), 3, s, s, generator=torch.Generator().manual_seed(seed))
-        gaps: list[torch.Tensor] = []
+        noise = torch.randn(len(prompts), 3, s, s, generator=torch.Generator().manual_seed(seed))
         was_training = self.training
         self.eval()
-        self._sample(list(prompts), x, steps, guidance, gaps)
+        images, per_step = [], []
+        for i in range(0, len(prompts), batch_size):
+            record = [] if gaps else None
+            images.append(self._sample(prompts[i:i + batch_size], noise[i:i + batch_size], steps, guidance, record))
+            if gaps:
+                per_step.append(torch.stack(record, dim=1))
         self.train(was_training)
-        return torch.stack(gaps, dim=1) / math.sqrt(3 * s * s)
+        out = torch.cat(images) if images else torch.zeros(0, 3, s, s, dtype=torch.uint8)
+        if not gaps:
+            return out, None
+        return out, torch.cat(per_step) if per_step else torch.zeros(0, steps)
 
     def _sample(self, prompts, x, steps, guidance, gaps=None):
         # The cosine schedule has alpha_bar(999) ~ 2e-9: an x0 prediction there divides by ~5e-5 and

@@ -15,7 +15,7 @@ def test_zoo_build_passes_over_a_model_another_process_holds(tmp_path, monkeypat
                Z.Recipe("a_ft", "fine-tune", {}, parent="base_a")]
     trained = []
 
-    def train(r, path, *parent):
+    def train(r, path):
         path.mkdir(parents=True, exist_ok=True)
         trained.append(r.name)
 
