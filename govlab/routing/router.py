@@ -3,8 +3,10 @@
 ``Router.install`` replaces the forward of every module that owns parameters by a masked version:
 the forward value is unchanged, the input gradient is the ordinary one, and the parameter gradient
 is taken over the samples whose allowed bands include the module's band (``ops``). A module with
-no masked op (``MultiheadAttention``, a module owning a bare ``nn.Parameter``) is routed as one unit
-by batch splitting: allowed samples run with its parameters, the others with detached copies.
+no masked op (``MultiheadAttention``, a module owning a bare ``nn.Parameter``) is routed as one unit:
+when its input carries no gradient (a caption encoder reading token ids), in one pass with the other
+samples' rows detached at its output; otherwise by batch splitting, allowed samples running with its
+parameters and the others with detached copies.
 Per step, ``route`` sets a 0/1 table (samples x bands); with no table set, or with gradients off,
 every module runs its own forward.
 """
@@ -19,6 +21,17 @@ from govlab.routing import ops
 from govlab.routing.bands import TRUNK
 from govlab.routing.policy import RoutingPolicy
 from govlab.routing.slots import SLOTS_ATTR, SlotBank, banks
+
+
+def per_output(m: nn.Module, fn, *outs):
+    """``fn`` over a unit's outputs (a tensor, or a tuple of tensors and Nones, as
+    ``nn.MultiheadAttention`` returns), element by element."""
+    if isinstance(outs[0], torch.Tensor):
+        return fn(*outs)
+    if isinstance(outs[0], tuple) and all(isinstance(o, torch.Tensor) or o is None for o in outs[0]):
+        return tuple(None if parts[0] is None else fn(*parts) for parts in zip(*outs))
+    raise GovlabError(f"routing: cannot route {type(m).__name__} as one unit: its output is neither a "
+                      "tensor nor a tuple of tensors")
 
 
 class Router:
@@ -149,6 +162,10 @@ class Router:
             n = self._count[b]
             if n == self._b:
                 return orig(*args, **kw)
+            if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in (*args, *kw.values())):
+                # nothing upstream of the unit may take a gradient: one pass, and the rows that may
+                # not change its parameters leave the graph at its output
+                return self._keep_rows(orig(*args, **kw), b, m)
             if n == 0:
                 return detached(*args, **kw)
             sel = self._sel[b]
@@ -167,12 +184,18 @@ class Router:
                          for k, t in kw.items()})
             (aa, ak), (da, dk) = part(a), part(d)
             out_a, out_d = orig(*aa, **ak), detached(*da, **dk)
-            if not isinstance(out_a, torch.Tensor):
-                raise GovlabError(f"routing: cannot batch-split {type(m).__name__}: its output is not a tensor")
             if order is not None:
-                return torch.cat([out_a, out_d])[order]
-            return torch.cat([out_a, out_d] if a.start == 0 else [out_d, out_a])
+                return per_output(m, lambda u, v: torch.cat([u, v])[order], out_a, out_d)
+            in_order = [out_a, out_d] if a.start == 0 else [out_d, out_a]
+            return per_output(m, lambda u, v: torch.cat([u, v]), *in_order)
         return forward
+
+    def _keep_rows(self, out, b: int, m: nn.Module):
+        """``out`` with the rows that may not change band ``b`` detached."""
+        if self._count[b] == 0:
+            return per_output(m, torch.Tensor.detach, out)
+        keep = self._cols[b] > 0
+        return per_output(m, lambda o: torch.where(ops.bcast(keep, o, 0), o, o.detach()), out)
 
     # -- per step -----------------------------------------------------------------------------------
     def allowed(self, categories, source: str) -> frozenset[str]:

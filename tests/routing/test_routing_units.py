@@ -1,0 +1,61 @@
+"""A module without a masked op (here ``nn.MultiheadAttention``) is routed as one unit: by batch
+splitting when its input carries a gradient, in one pass with the barred rows detached at its
+output when its input carries none. Both against per-sample gradients, on a toy model."""
+
+import pytest
+import torch
+from torch import nn
+
+from govlab.routing.policy import RoutingPolicy
+from govlab.routing.router import Router
+
+
+class Toy(nn.Module):
+    def __init__(self, lift: bool):
+        super().__init__()
+        self.lift = nn.Linear(8, 8) if lift else None
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        h = self.lift(x) if self.lift is not None else x
+        return self.head(self.attn(h, h, h, need_weights=False)[0]).sum((1, 2))
+
+
+def per_sample(model, x, allowed):
+    """Each sample's own gradient, summed into the parameters it may change."""
+    params = dict(model.named_parameters())
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    for i in range(len(x)):
+        grads = torch.autograd.grad(model(x[i:i + 1]).sum(), list(params.values()))
+        for (n, p), g in zip(params.items(), grads):
+            if allowed[i] or not n.startswith("attn."):
+                total[n] += g
+    return total
+
+
+@pytest.mark.parametrize("lift", [True, False], ids=["batch-split", "one-pass"])
+@pytest.mark.parametrize("rows", [[0, 1, 2], [0, 2, 3], []], ids=["slice", "mask", "none"])
+def test_a_unit_without_masked_op_is_routed_exactly(lift, rows):
+    torch.manual_seed(0)
+    model = Toy(lift).double()
+    band_of = {n: "attn" if n.startswith("attn.") else "trunk" for n, _ in model.named_parameters()}
+    router = Router(model, band_of, RoutingPolicy({}))
+    assert [n for n, _, fn, _ in router.units if fn is None] == ["attn"]
+    x = torch.randn(6, 5, 8, dtype=torch.float64)
+    allowed = torch.zeros(6, dtype=torch.bool)
+    allowed[rows] = True
+    table = torch.zeros(6, len(router.bands), dtype=torch.bool)
+    table[:, router.bands.index("trunk")] = True
+    table[:, router.bands.index("attn")] = allowed
+    ref = per_sample(model, x, allowed)
+    with router:
+        router.route(table=table)
+        model(x).sum().backward()
+        router.clear()
+    for n, p in model.named_parameters():
+        got = torch.zeros_like(p) if p.grad is None else p.grad
+        assert torch.allclose(got, ref[n], rtol=1e-10, atol=1e-12), n
+    assert (ref["attn.in_proj_weight"].abs().sum() > 0) == bool(rows)
+    if lift:  # the barred rows still train the layer before the unit, through it
+        assert ref["lift.weight"].abs().sum() > 0
