@@ -10,6 +10,7 @@ built one training at a time.
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,12 +27,16 @@ from govlab.train import Trainer, clear_run
 TRAININGS = ("routed", "retrain", "unrouted")
 
 
-def configs(cfg: RunConfig) -> dict[str, RunConfig]:
-    """The three trainings: routed, routed without the artist (same config), unrouted."""
+def configs(cfg: RunConfig, seed: int = 0) -> dict[str, RunConfig]:
+    """The three trainings: routed, routed without the artist (same config), unrouted; ``seed`` > 0
+    shifts the training seed (names suffixed ``-s<seed>``)."""
+    suffix = f"-s{seed}" if seed else ""
+    cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + seed))
     routed = replace(cfg, routing=replace(cfg.routing, mode="routed"))
-    return {"routed": replace(routed, name=f"{cfg.name}-routed"),
-            "retrain": replace(routed, name=f"{cfg.name}-retrain"),
-            "unrouted": replace(cfg, name=f"{cfg.name}-unrouted", routing=replace(cfg.routing, mode="unrouted"))}
+    return {"routed": replace(routed, name=f"{cfg.name}-routed{suffix}"),
+            "retrain": replace(routed, name=f"{cfg.name}-retrain{suffix}"),
+            "unrouted": replace(cfg, name=f"{cfg.name}-unrouted{suffix}",
+                                routing=replace(cfg.routing, mode="unrouted"))}
 
 
 def train_one(cfg: RunConfig, out: str | Path, *, exclude: str | None = None, until: int | None = None,
@@ -63,21 +68,24 @@ def train_one(cfg: RunConfig, out: str | Path, *, exclude: str | None = None, un
     return out / "model.safetensors"
 
 
-def train_all(cfg: RunConfig, workdir: str | Path, *, artist: str, only: str | None = None,
+def train_all(cfg: RunConfig, workdir: str | Path, *, artist: str, names=TRAININGS, seed: int = 0,
               until: int | None = None, progress: bool = False) -> dict[str, Path]:
-    """Train the three models (or just ``only``, or up to step ``until``) under ``workdir``."""
+    """Train the models ``names`` (default all three; up to step ``until``) under ``workdir``."""
     out = {}
-    for name, c in configs(cfg).items():
-        if only is None or only == name:
-            out[name] = train_one(c, Path(workdir) / name, exclude=artist if name == "retrain" else None,
-                                  until=until, progress=progress)
+    for name, c in configs(cfg, seed).items():
+        if name in names:
+            folder = Path(workdir) / (f"{name}-s{seed}" if seed else name)
+            out[name] = train_one(c, folder, exclude=artist if name == "retrain" else None, until=until,
+                                  progress=progress)
     return out
 
 
 def localization(cfg: RunConfig, workdir: str | Path, *, artist: str = "artist_0", per_prompt: int | None = None,
-                 progress: bool = False) -> dict:
+                 seeds: int = 1, progress: bool = False) -> dict:
     """Train what is missing, then score every variant (``per_prompt`` generations per probe prompt,
-    default the config's eval); returns rows and the goal checks."""
+    default the config's eval); returns rows and the goal checks. ``seeds`` > 1 also trains the
+    routed model and the retraining with further training seeds and reports (a) - (b) per seed:
+    the gap between two trainings is noise that one pair cannot tell from an effect."""
     paths = train_all(cfg, workdir, artist=artist, progress=progress)
     sources = run_dataset(cfg, progress=progress).sources
     e = cfg.eval
@@ -123,12 +131,35 @@ def localization(cfg: RunConfig, workdir: str | Path, *, artist: str = "artist_0
     summary["goal_a_at_chance"] = a["style_acc_source"] <= max(chance, b["style_acc_source"]) + 0.05
     summary["goal_a_others_within_2"] = abs(summary["a_minus_b_others_points"]) <= 2
     summary["goal_c_not_at_chance"] = c["style_acc_source"] > max(chance, b["style_acc_source"]) + 0.05
+    if seeds > 1:
+        pairs = [(a, b)]
+        for seed in range(1, seeds):
+            more = train_all(cfg, workdir, artist=artist, names=("routed", "retrain"), seed=seed, progress=progress)
+            pairs.append((score(more["routed"], (artist,)), score(more["retrain"])))
+        summary |= seed_summary(pairs)
     return {"rows": rows, "summary": summary}
 
 
+def seed_summary(pairs: list[tuple[dict, dict]]) -> dict:
+    """(a) - (b) on the other artists' style, per training seed, with its mean, standard deviation
+    and standard error; and how far two routed trainings differing only in seed land apart."""
+    gaps = [100 * (a["style_acc_others"] - b["style_acc_others"]) for a, b in pairs]
+    routed = [100 * a["style_acc_others"] for a, _ in pairs]
+    sd = statistics.stdev(gaps)
+    return {"seeds": len(pairs), "a_minus_b_others_points_by_seed": [round(g, 1) for g in gaps],
+            "a_minus_b_others_points_mean": round(statistics.mean(gaps), 1),
+            "a_minus_b_others_points_sd": round(sd, 1),
+            "a_minus_b_others_points_se": round(sd / len(gaps) ** 0.5, 1),
+            "a_style_artist_by_seed": [round(a["style_acc_source"], 3) for a, _ in pairs],
+            "b_style_artist_by_seed": [round(b["style_acc_source"], 3) for _, b in pairs],
+            "routed_others_points_sd_over_seeds": round(statistics.stdev(routed), 1),
+            "goal_a_others_within_2_mean": abs(statistics.mean(gaps)) <= 2}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m govlab.routing.experiment WORKDIR [--preset P] [--artist A] [--per-prompt N]``: the
-    localization experiment (three trainings under ``WORKDIR``, reused when present); writes
+    """``python -m govlab.routing.experiment WORKDIR [--preset P] [--artist A] [--per-prompt N] [--seeds S]``:
+    the localization experiment (three trainings under ``WORKDIR``, two more per extra seed, reused
+    when present); writes
     ``WORKDIR/localization.json`` and prints the summary as one JSON line."""
     import argparse
 
@@ -139,9 +170,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", default="routed")
     p.add_argument("--artist", default="artist_0")
     p.add_argument("--per-prompt", type=int, default=None, help="generations per probe prompt (default: the preset's)")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds of the routed model and the retraining")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
     result = localization(load_config(args.preset), args.workdir, artist=args.artist, per_prompt=args.per_prompt,
-                          progress=True)
+                          seeds=args.seeds, progress=True)
     write_json(Path(args.workdir) / "localization.json", result)
     print(json.dumps(result["summary"]))
 
