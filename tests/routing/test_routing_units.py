@@ -35,7 +35,7 @@ def per_sample(model, x, allowed):
 
 
 @pytest.mark.parametrize("lift", [True, False], ids=["batch-split", "one-pass"])
-@pytest.mark.parametrize("rows", [[0, 1, 2], [0, 2, 3], []], ids=["slice", "mask", "none"])
+@pytest.mark.parametrize("rows", [[0, 1, 2], [3, 4, 5], [0, 2, 3], []], ids=["head", "tail", "mask", "none"])
 def test_a_unit_without_masked_op_is_routed_exactly(lift, rows):
     torch.manual_seed(0)
     model = Toy(lift).double()
