@@ -10,6 +10,7 @@ import torch
 
 from govlab.config import load_config
 from govlab.data.cache import run_dataset
+from govlab.memorization.audit import is_planted
 from govlab.memorization.detectors import detection_auc, noise_magnitude
 from govlab.memorization.monitor import attach
 from govlab.train import Trainer
@@ -22,7 +23,7 @@ def caption_auc(model, trainer, records: list[dict], **kw) -> float | None:
         first.setdefault(r["caption"], i)
     rows = list(first.values())
     scores = noise_magnitude(model, trainer.tokens[rows], **kw)
-    return detection_auc(scores.tolist(), [records[i].get("duplicate_group", -1) >= 0 for i in rows])
+    return detection_auc(scores.tolist(), [is_planted(records[i]) for i in rows])
 
 
 def bench_memorization(*, quick: bool = False, preset: str = "memorization", every: int | None = None) -> dict:

@@ -17,6 +17,11 @@ from govlab.memorization.detectors import (MEMORIZED_RATIO, detection_auc, dista
 AUDIT_DIR = "memorization"
 
 
+def is_planted(record: dict) -> bool:
+    """Whether a training record is one of the world's planted duplicates (ground truth)."""
+    return record.get("duplicate_group", -1) >= 0
+
+
 def _rate(flags) -> float | None:
     return round(float(np.mean(flags)), 4) if len(flags) else None
 
@@ -62,7 +67,7 @@ def audit(model, dataset, *, rows: list[int] | None = None, n: int = 4, steps: i
     for k, c in enumerate(captions):
         rec = dataset.records[first_row[c]]
         items.append({"row": first_row[c], "file": rec["file_name"], "caption": c,
-                      "planted": rec.get("duplicate_group", -1) >= 0,
+                      "planted": is_planted(rec),
                       "copies": sum(1 for x in dataset.records if x["caption"] == c),
                       **{f"{s}_ratio": round(ratios[s][k], 4) for s in spaces},
                       **{s: ratios[s][k] < MEMORIZED_RATIO for s in spaces}})
@@ -102,7 +107,7 @@ def noise_magnitude_check(model, dataset, captions: list[str], *, timesteps=(800
     ``unconditional`` generations whose nearest distinct training image (pixels) is planted,
     beside the planted share of distinct images: how much the unconditional model is drawn to them.
     """
-    planted = {r["caption"]: r.get("duplicate_group", -1) >= 0 for r in dataset.records}
+    planted = {r["caption"]: is_planted(r) for r in dataset.records}
     positive = [planted[c] for c in captions]
     first = noise_magnitude(model, model.tokenizer(captions), noises=noises, timesteps=timesteps, seed=seed)
     by_step = torch.stack([model.guidance_gaps(captions, seed=seed + k, steps=steps, guidance=guidance)
@@ -110,7 +115,7 @@ def noise_magnitude_check(model, dataset, captions: list[str], *, timesteps=(800
     uniq, image_of = unique_images(dataset.images)
     planted_image = torch.zeros(len(uniq), dtype=torch.bool)
     for i, r in enumerate(dataset.records):
-        planted_image[image_of[i]] |= r.get("duplicate_group", -1) >= 0
+        planted_image[image_of[i]] |= is_planted(r)
     gens = model.generate([""] * unconditional, seed=seed, steps=steps, guidance=guidance)
     nearest = mem_ratio(pixel_features(gens), pixel_features(uniq))[1]
     return {"auc_noise_magnitude": detection_auc(first.numpy(), positive),

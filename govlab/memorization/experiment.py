@@ -10,7 +10,7 @@ from pathlib import Path
 from govlab.config import RunConfig
 from govlab.data.cache import run_dataset
 from govlab.hooks import EventLog
-from govlab.memorization.audit import audit_run
+from govlab.memorization.audit import audit_run, is_planted
 from govlab.memorization.detectors import detection_auc
 from govlab.memorization.monitor import read_monitor
 
@@ -31,7 +31,7 @@ def score_curves(run: str | Path, records: list[dict]) -> list[dict]:
     out = []
     for h in read_monitor(run)["history"]:
         for r, s in h["scores"].items():
-            latest[records[r]["caption"]] = (s, records[r].get("duplicate_group", -1) >= 0)
+            latest[records[r]["caption"]] = (s, is_planted(records[r]))
         planted = [s for s, p in latest.values() if p]
         others = [s for s, p in latest.values() if not p]
         out.append({"step": h["step"], "threshold": h["threshold"],
@@ -44,12 +44,12 @@ def score_curves(run: str | Path, records: list[dict]) -> list[dict]:
 def first_flags(run: str | Path, records: list[dict]) -> dict:
     """Step of the first flag on a planted duplicate and on any other sample, and flag counts."""
     flags = [e for e in EventLog(Path(run) / "events.jsonl").read() if e["event"] == "memorization_flag"]
-    planted = [e for e in flags if records[e["sample"]].get("duplicate_group", -1) >= 0]
-    others = [e for e in flags if records[e["sample"]].get("duplicate_group", -1) < 0]
+    planted = [e for e in flags if is_planted(records[e["sample"]])]
+    others = [e for e in flags if not is_planted(records[e["sample"]])]
     return {"first_flag_planted": min((e["step"] for e in planted), default=None),
             "first_flag_others": min((e["step"] for e in others), default=None),
             "flagged_planted": len(planted), "flagged_others": len(others),
-            "planted_rows": sum(1 for r in records if r.get("duplicate_group", -1) >= 0)}
+            "planted_rows": sum(1 for r in records if is_planted(r))}
 
 
 def run_experiment(cfg: RunConfig, workdir: str | Path, *, interventions=INTERVENTIONS, n: int = 4,
