@@ -27,10 +27,15 @@ from govlab.train import Trainer, clear_run
 TRAININGS = ("routed", "retrain", "unrouted")
 
 
+def seed_suffix(seed: int) -> str:
+    """What names a training of seed offset ``seed`` (none for the first)."""
+    return f"-s{seed}" if seed else ""
+
+
 def configs(cfg: RunConfig, seed: int = 0) -> dict[str, RunConfig]:
     """The three trainings: routed, routed without the artist (same config), unrouted; ``seed`` > 0
     shifts the training seed (names suffixed ``-s<seed>``)."""
-    suffix = f"-s{seed}" if seed else ""
+    suffix = seed_suffix(seed)
     cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + seed))
     routed = replace(cfg, routing=replace(cfg.routing, mode="routed"))
     return {"routed": replace(routed, name=f"{cfg.name}-routed{suffix}"),
@@ -74,9 +79,8 @@ def train_all(cfg: RunConfig, workdir: str | Path, *, artist: str, names=TRAININ
     out = {}
     for name, c in configs(cfg, seed).items():
         if name in names:
-            folder = Path(workdir) / (f"{name}-s{seed}" if seed else name)
-            out[name] = train_one(c, folder, exclude=artist if name == "retrain" else None, until=until,
-                                  progress=progress)
+            out[name] = train_one(c, Path(workdir) / f"{name}{seed_suffix(seed)}",
+                                  exclude=artist if name == "retrain" else None, until=until, progress=progress)
     return out
 
 
