@@ -3,8 +3,9 @@
 For a Linear, Conv2d, GroupNorm or LayerNorm layer, the weight gradient is a sum over samples of
 terms built from the layer's input and its output gradient. A forward hook keeps each layer's
 input, a hook on its output catches the output gradient during the step's backward, and there the
-per-sample terms are computed in one batched product (unfold + bmm for convolutions, as torch's
-expanded-weights per-sample gradients do) and summed per group with ``index_add_``. The UNet's own
+per-sample terms are computed in one call (a batched product for Linear, one grouped
+weight-gradient call for Conv2d) and summed per group by one product with the batch's one-hot
+group matrix, written straight into the layer's rows of the shares buffer. The UNet's own
 parameters are frozen for that backward, so autograd computes only input gradients, and each
 parameter's gradient is set to the sum of its group shares: the weight gradients are computed
 once, split by group, not twice. The caption encoder (small) keeps its ordinary gradient; its
@@ -36,13 +37,22 @@ def supported(model: nn.Module) -> bool:
     return all(_qualifies(m) or not list(m.parameters(recurse=False)) for m in model.unet.modules())
 
 
-def weight_grad(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """The weight gradient of a Linear or Conv2d layer for input ``x`` and output gradient ``g``."""
+def per_sample_weight(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight gradients ``(batch, *weight.shape)`` of a Linear or Conv2d layer for input
+    ``x`` and output gradient ``g``, in one call: a batched product for Linear, and for Conv2d one
+    weight-gradient call of the convolution with the batch folded into channel groups (the trick
+    behind per-sample convolution gradients; only the weight's shape is read, so it is left empty)."""
+    b = x.shape[0]
     if type(m) is nn.Linear:
-        return g.reshape(-1, g.shape[-1]).t().mm(x.reshape(-1, x.shape[-1]))
-    return torch.ops.aten.convolution_backward(
-        g, x, m.weight, None, list(m.stride), list(m.padding), list(m.dilation), False, [0, 0], 1,
-        [False, True, False])[1]
+        if x.dim() == 2:
+            return g[:, :, None] * x[:, None, :]
+        return torch.bmm(g.reshape(b, -1, g.shape[-1]).transpose(1, 2), x.reshape(b, -1, x.shape[-1]))
+    out_ch, shape = g.shape[1], m.weight.shape
+    grad = torch.ops.aten.convolution_backward(
+        g.reshape(1, b * out_ch, *g.shape[2:]), x.reshape(1, b * x.shape[1], *x.shape[2:]),
+        x.new_empty((b * out_ch, *shape[1:])), None, list(m.stride), list(m.padding), list(m.dilation),
+        False, [0, 0], b, [False, True, False])[1]
+    return grad.reshape(b, *shape)
 
 
 def per_sample_small(m: nn.Module, x: torch.Tensor, g: torch.Tensor):
@@ -63,7 +73,8 @@ def per_sample_small(m: nn.Module, x: torch.Tensor, g: torch.Tensor):
 
 
 class LayerShares:
-    """Fills ``flat`` (groups x flattened parameters, in ``params`` order) during the backward."""
+    """Fills ``flat`` (groups x flattened parameters, in ``params`` order) during the backward: per
+    layer, the batch's one-hot group matrix times the per-sample gradients of its parameters."""
 
     def __init__(self, model: nn.Module, params: list[torch.Tensor]):
         self.model, self.active = model, False
@@ -79,31 +90,28 @@ class LayerShares:
                                                     m.register_forward_hook(self._layer_hook))]
         self.handles.append(model.text.register_forward_hook(self._text_hook))
 
-    def begin(self, slices: list[slice], group_of_row: torch.Tensor) -> None:
-        """Catch the next forward and backward of a batch sorted by group: ``slices`` are the
-        groups' rows, ``group_of_row`` the group of each row."""
-        self.slices, self.rows, self.active = slices, group_of_row, True
-        self.flat = torch.empty(len(slices), self.size)
+    def begin(self, group_of_row: torch.Tensor, n_groups: int) -> None:
+        """Catch the next forward and backward; ``group_of_row``: the group (0..n_groups-1) of
+        each row of the batch."""
+        self.rows, self.active = group_of_row, True
+        self.onehot = F.one_hot(group_of_row, n_groups).t().to(torch.get_default_dtype())  # groups x batch
+        self.flat = torch.empty(n_groups, self.size)
         self.written: set[int] = set()
         for p in self.unet_params:
             p.requires_grad_(False)
 
-    def _put(self, p: torch.Tensor | None, grads: torch.Tensor | None) -> None:
-        """Write (or add, for a layer called twice) ``p``'s group gradients ``(groups, ...)``."""
-        if p is None or grads is None or id(p) not in self.offsets:
+    def _put(self, p: torch.Tensor | None, per_row: torch.Tensor | None) -> None:
+        """Sum ``p``'s per-sample gradients ``(batch, ...)`` per group into its rows of ``flat``
+        (added, for a layer called twice in one forward)."""
+        if p is None or per_row is None or id(p) not in self.offsets:
             return
         start, n = self.offsets[id(p)]
-        view = self.flat[:, start:start + n]
+        grads = self.onehot.mm(per_row.reshape(per_row.shape[0], n))
         if id(p) in self.written:
-            view += grads.reshape(view.shape)
+            self.flat[:, start:start + n] += grads
         else:
-            view.copy_(grads.reshape(view.shape))
+            self.flat[:, start:start + n] = grads
             self.written.add(id(p))
-
-    def _group_sum(self, per_row: torch.Tensor | None) -> torch.Tensor | None:
-        if per_row is None:
-            return None
-        return per_row.new_zeros(len(self.slices), per_row.shape[1]).index_add_(0, self.rows, per_row)
 
     def _input_hook(self, m, args):
         """With the UNet frozen, a layer fed by no trainable input (the first convolution, the time
@@ -121,11 +129,8 @@ class LayerShares:
         def on_grad(g):
             with torch.no_grad():
                 gw, gb = per_sample_small(m, x, g)
-                if gw is None:  # Linear, Conv2d: one weight-gradient product per group
-                    self._put(m.weight, torch.stack([weight_grad(m, x[s], g[s]) for s in self.slices]))
-                else:
-                    self._put(m.weight, self._group_sum(gw))
-                self._put(m.bias, self._group_sum(gb))
+                self._put(m.weight, per_sample_weight(m, x, g) if gw is None else gw)
+                self._put(m.bias, gb)
 
         out.register_hook(on_grad)
 
@@ -143,18 +148,20 @@ class LayerShares:
         """After the step's backward: the caption encoder's group shares (one batched
         vector-Jacobian product of a recomputation; it kept its ordinary gradient), zeros for
         parameters the step did not reach, and the UNet unfrozen with each parameter's gradient set
-        to the sum of its group shares. Returns every group's flat share."""
+        to the sum of its group shares. Returns every group's flat share (groups x parameters)."""
         self.active = False
         self._unfreeze()
-        n_groups = len(self.slices)
         with torch.enable_grad():
             out = self.model.text(self.tokens)
-            mask = F.one_hot(self.rows, n_groups).t().to(out.dtype)  # groups x batch
+            mask = self.onehot.to(out.dtype)  # groups x batch
             mask = mask.reshape(*mask.shape, *([1] * (out.dim() - 1)))
             grads = torch.autograd.grad(out, self.text_params, grad_outputs=mask * self.text_grad,
                                         allow_unused=True, is_grads_batched=True)
         for p, g in zip(self.text_params, grads):
-            self._put(p, g)
+            if g is not None and id(p) in self.offsets:
+                start, n = self.offsets[id(p)]
+                self.flat[:, start:start + n] = g.reshape(g.shape[0], n)
+                self.written.add(id(p))
         for pid, (start, n) in self.offsets.items():
             if pid not in self.written:
                 self.flat[:, start:start + n] = 0.0
@@ -164,7 +171,7 @@ class LayerShares:
                 start, n = self.offsets[id(p)]
                 g = total[start:start + n].view_as(p)
                 p.grad = g if p.grad is None else p.grad + g
-        self.text_grad = self.tokens = None
+        self.text_grad = self.tokens = self.onehot = None
         return self.flat
 
     def _unfreeze(self) -> None:
