@@ -8,8 +8,9 @@ weight-gradient call for Conv2d) and summed per group by one product with the ba
 group matrix, written straight into the layer's rows of the shares buffer. The UNet's own
 parameters are frozen for that backward, so autograd computes only input gradients, and each
 parameter's gradient is set to the sum of its group shares: the weight gradients are computed
-once, split by group, not twice. The caption encoder (small) keeps its ordinary gradient; its
-group shares come from one batched vector-Jacobian product of a recomputation. Used when routing
+once, split by group, not twice. The step's backward stops at the caption embedding; the caption
+encoder's (small) group shares come after it from one batched vector-Jacobian product through
+the encoder's forward graph, and its gradient is their sum. Used when routing
 is off (routing changes which samples reach which parameters inside its own ops); ``supported``
 says whether a model qualifies.
 """
@@ -135,28 +136,29 @@ class LayerShares:
         out.register_hook(on_grad)
 
     def _text_hook(self, m, args, out):
+        """The UNet's backward stops at the caption embedding (a fresh leaf), whose gradient is kept
+        for the caption encoder's group shares in ``finish``."""
         if not self.active or not out.requires_grad:
             return
-        self.tokens = args[0]
+        self.text_out, leaf = out, out.detach().requires_grad_()
 
         def keep(g):
             self.text_grad = g
 
-        out.register_hook(keep)
+        leaf.register_hook(keep)
+        return leaf
 
     def finish(self) -> torch.Tensor:
         """After the step's backward: the caption encoder's group shares (one batched
-        vector-Jacobian product of a recomputation; it kept its ordinary gradient), zeros for
-        parameters the step did not reach, and the UNet unfrozen with each parameter's gradient set
-        to the sum of its group shares. Returns every group's flat share (groups x parameters)."""
+        vector-Jacobian product through its forward graph), zeros for parameters the step did not
+        reach, and each parameter's gradient set to the sum of its group shares (the UNet
+        unfrozen). Returns every group's flat share (groups x parameters)."""
         self.active = False
         self._unfreeze()
-        with torch.enable_grad():
-            out = self.model.text(self.tokens)
-            mask = self.onehot.to(out.dtype)  # groups x batch
-            mask = mask.reshape(*mask.shape, *([1] * (out.dim() - 1)))
-            grads = torch.autograd.grad(out, self.text_params, grad_outputs=mask * self.text_grad,
-                                        allow_unused=True, is_grads_batched=True)
+        out = self.text_out
+        mask = self.onehot.to(out.dtype).reshape(*self.onehot.shape, *([1] * (out.dim() - 1)))
+        grads = torch.autograd.grad(out, self.text_params, grad_outputs=mask * self.text_grad,
+                                    allow_unused=True, is_grads_batched=True)
         for p, g in zip(self.text_params, grads):
             if g is not None and id(p) in self.offsets:
                 start, n = self.offsets[id(p)]
@@ -166,12 +168,12 @@ class LayerShares:
             if pid not in self.written:
                 self.flat[:, start:start + n] = 0.0
         total = self.flat.sum(0)
-        for p in self.unet_params:
+        for p in (*self.unet_params, *self.text_params):
             if id(p) in self.written:
                 start, n = self.offsets[id(p)]
                 g = total[start:start + n].view_as(p)
                 p.grad = g if p.grad is None else p.grad + g
-        self.text_grad = self.tokens = self.onehot = None
+        self.text_grad = self.text_out = self.onehot = None
         return self.flat
 
     def _unfreeze(self) -> None:
