@@ -3,9 +3,10 @@
 For a Linear, Conv2d, GroupNorm or LayerNorm layer, the weight gradient is a sum over samples of
 terms built from the layer's input and its output gradient. A forward hook keeps each layer's
 input, a hook on its output catches the output gradient during the step's backward, and there the
-per-sample terms are computed in one call (a batched product for Linear, one grouped
-weight-gradient call for Conv2d) and summed per group by one product with the batch's one-hot
-group matrix, written straight into the layer's rows of the shares buffer. The UNet's own
+group shares are computed either from per-sample terms in one call (a batched product for Linear,
+one grouped weight-gradient call for Conv2d) summed per group by one product with the batch's
+one-hot group matrix, or, for large layers, by one weight-gradient call per group on its rows of
+the batch (sorted by group). The UNet's own
 parameters are frozen for that backward, so autograd computes only input gradients, and each
 parameter's gradient is set to the sum of its group shares: the weight gradients are computed
 once, split by group, not twice. The step's backward stops at the caption embedding; the caption
@@ -36,6 +37,22 @@ def supported(model: nn.Module) -> bool:
     if not hasattr(model, "unet") or not hasattr(model, "text") or hasattr(model, "slots"):
         return False
     return all(_qualifies(m) or not list(m.parameters(recurse=False)) for m in model.unet.modules())
+
+
+# Up to this many per-sample weight-gradient elements (batch x weight size) a layer's group shares
+# come from per-sample gradients (one call); above it, from one weight-gradient call per group on
+# the group's rows (no batch-sized copy of the weight). Chosen by timing both on the smoke and demo
+# models (``govlab bench index``).
+PER_SAMPLE_MAX = 1 << 19
+
+
+def weight_grad(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The weight gradient of a Linear or Conv2d layer for input ``x`` and output gradient ``g``."""
+    if type(m) is nn.Linear:
+        return g.reshape(-1, g.shape[-1]).t().mm(x.reshape(-1, x.shape[-1]))
+    return torch.ops.aten.convolution_backward(
+        g, x, m.weight, None, list(m.stride), list(m.padding), list(m.dilation), False, [0, 0], 1,
+        [False, True, False])[1]
 
 
 def per_sample_weight(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -74,8 +91,7 @@ def per_sample_small(m: nn.Module, x: torch.Tensor, g: torch.Tensor):
 
 
 class LayerShares:
-    """Fills ``flat`` (groups x flattened parameters, in ``params`` order) during the backward: per
-    layer, the batch's one-hot group matrix times the per-sample gradients of its parameters."""
+    """Fills ``flat`` (groups x flattened parameters, in ``params`` order) during the backward."""
 
     def __init__(self, model: nn.Module, params: list[torch.Tensor]):
         self.model, self.active = model, False
@@ -91,28 +107,31 @@ class LayerShares:
                                                     m.register_forward_hook(self._layer_hook))]
         self.handles.append(model.text.register_forward_hook(self._text_hook))
 
-    def begin(self, group_of_row: torch.Tensor, n_groups: int) -> None:
-        """Catch the next forward and backward; ``group_of_row``: the group (0..n_groups-1) of
-        each row of the batch."""
-        self.rows, self.active = group_of_row, True
-        self.onehot = F.one_hot(group_of_row, n_groups).t().to(torch.get_default_dtype())  # groups x batch
-        self.flat = torch.empty(n_groups, self.size)
+    def begin(self, slices: list[slice], group_of_row: torch.Tensor) -> None:
+        """Catch the next forward and backward of a batch sorted by group: ``slices`` are the
+        groups' rows, ``group_of_row`` the group of each row."""
+        self.slices, self.rows, self.active = slices, group_of_row, True
+        self.onehot = F.one_hot(group_of_row, len(slices)).t().to(torch.get_default_dtype())  # groups x batch
+        self.flat = torch.empty(len(slices), self.size)
         self.written: set[int] = set()
         for p in self.unet_params:
             p.requires_grad_(False)
 
-    def _put(self, p: torch.Tensor | None, per_row: torch.Tensor | None) -> None:
-        """Sum ``p``'s per-sample gradients ``(batch, ...)`` per group into its rows of ``flat``
-        (added, for a layer called twice in one forward)."""
-        if p is None or per_row is None or id(p) not in self.offsets:
+    def _put(self, p: torch.Tensor | None, grads: torch.Tensor | None) -> None:
+        """Write (or add, for a layer called twice) ``p``'s group gradients ``(groups, ...)``."""
+        if p is None or grads is None or id(p) not in self.offsets:
             return
         start, n = self.offsets[id(p)]
-        grads = self.onehot.mm(per_row.reshape(per_row.shape[0], n))
+        grads = grads.reshape(grads.shape[0], n)
         if id(p) in self.written:
             self.flat[:, start:start + n] += grads
         else:
             self.flat[:, start:start + n] = grads
             self.written.add(id(p))
+
+    def _group_sum(self, per_row: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-sample gradients ``(batch, ...)`` summed per group: ``(groups, numel)``."""
+        return None if per_row is None else self.onehot.mm(per_row.reshape(per_row.shape[0], -1))
 
     def _input_hook(self, m, args):
         """With the UNet frozen, a layer fed by no trainable input (the first convolution, the time
@@ -130,8 +149,11 @@ class LayerShares:
         def on_grad(g):
             with torch.no_grad():
                 gw, gb = per_sample_small(m, x, g)
-                self._put(m.weight, per_sample_weight(m, x, g) if gw is None else gw)
-                self._put(m.bias, gb)
+                if gw is None and x.shape[0] * m.weight.numel() > PER_SAMPLE_MAX:
+                    self._put(m.weight, torch.stack([weight_grad(m, x[s], g[s]) for s in self.slices]))
+                else:
+                    self._put(m.weight, self._group_sum(per_sample_weight(m, x, g) if gw is None else gw))
+                self._put(m.bias, self._group_sum(gb))
 
         out.register_hook(on_grad)
 

@@ -149,10 +149,19 @@ class ProvenanceWriter(Hook):
 
     # -- per step ------------------------------------------------------------------------------
     def before_forward(self, ctx) -> None:
-        self._ids, local, self._counts = torch.unique(self.group_of_row[ctx.indices], return_inverse=True,
-                                                      return_counts=True)
+        gid = self.group_of_row[ctx.indices]
         if self.layer_shares is not None:
-            self.layer_shares.begin(local, len(self._ids))
+            # sort the batch by group so that each group is a slice (views, not copies, in the
+            # backward); the per-sample loss is order-free, so this changes only the order of the sum
+            perm = torch.argsort(gid, stable=True)
+            for name in ("indices", "x0", "tokens", "noise", "timesteps", "weights"):
+                setattr(ctx, name, getattr(ctx, name)[perm])
+            ctx.records = [ctx.records[i] for i in perm.tolist()]
+            gid = gid[perm]
+        self._ids, local, self._counts = torch.unique(gid, return_inverse=True, return_counts=True)
+        if self.layer_shares is not None:
+            ends = torch.cumsum(self._counts, 0).tolist()
+            self.layer_shares.begin([slice(e - n, e) for e, n in zip(ends, self._counts.tolist())], local)
         else:
             self._groups = [torch.nonzero(local == k).flatten() for k in range(len(self._ids))]
 

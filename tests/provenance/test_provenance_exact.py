@@ -5,7 +5,7 @@ import torch
 
 from govlab.config import from_dict
 from govlab.hooks import Hook
-from govlab.provenance import ProvenanceConfig, ProvenanceWriter
+from govlab.provenance import ProvenanceConfig, ProvenanceWriter, layers
 from govlab.provenance.writer import band_of_params
 from govlab.routing import attach
 from govlab.routing.reference import reference_grads
@@ -20,8 +20,12 @@ def plain_reference(model, batch: dict) -> dict[str, torch.Tensor]:
             for n, p, g in zip(names, params, torch.autograd.grad(loss, params, allow_unused=True))}
 
 
-@pytest.mark.parametrize("mode", ["routed", "off"])
-def test_writer_matches_per_source_reference(tiny_cfg, smoke_dataset, tmp_path, mode):
+@pytest.mark.parametrize("mode,per_sample_max", [("routed", None), ("off", 0), ("off", 1 << 40)],
+                         ids=["routed", "off-per-group", "off-per-sample"])
+def test_writer_matches_per_source_reference(tiny_cfg, smoke_dataset, tmp_path, monkeypatch, mode,
+                                             per_sample_max):
+    if per_sample_max is not None:  # every layer's shares by one weight-gradient call per group, or per sample
+        monkeypatch.setattr(layers, "PER_SAMPLE_MAX", per_sample_max)
     cfg = from_dict({"routing": {"mode": mode}}, base=tiny_cfg)
     dataset, hooks = attach(cfg, smoke_dataset)
     writer = ProvenanceWriter(ProvenanceConfig(enabled=True), smoke_dataset.sources)
