@@ -10,8 +10,8 @@ the batch (sorted by group). The UNet's own
 parameters are frozen for that backward, so autograd computes only input gradients, and each
 parameter's gradient is set to the sum of its group shares: the weight gradients are computed
 once, split by group, not twice. The step's backward stops at the caption embedding; the caption
-encoder's (small) group shares come after it from one batched vector-Jacobian product through
-the encoder's forward graph, and its gradient is their sum. Used when routing
+encoder's (small) group shares come after it from its per-sample gradients for that embedding's
+gradient (``torch.func``), and its gradient is their sum. Used when routing
 is off (routing changes which samples reach which parameters inside its own ops); ``supported``
 says whether a model qualifies.
 """
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
 
@@ -162,7 +164,7 @@ class LayerShares:
         for the caption encoder's group shares in ``finish``."""
         if not self.active or not out.requires_grad:
             return
-        self.text_out, leaf = out, out.detach().requires_grad_()
+        self.tokens, leaf = args[0], out.detach().requires_grad_()
 
         def keep(g):
             self.text_grad = g
@@ -170,22 +172,28 @@ class LayerShares:
         leaf.register_hook(keep)
         return leaf
 
+    def _text_per_sample(self) -> dict[str, torch.Tensor]:
+        """Per-sample gradients of the caption encoder's parameters for the kept caption-embedding
+        gradient (``torch.func``: ``vmap`` of ``grad`` of one row's recomputation; the math
+        attention kernel, whose backward ``vmap`` batches)."""
+        text = self.model.text
+        params = {n: p.detach() for n, p in text.named_parameters() if p.requires_grad}
+
+        def row_dot(ps, tokens, g):
+            return (functional_call(text, ps, (tokens[None],))[0] * g).sum()
+
+        with sdpa_kernel(SDPBackend.MATH):
+            return vmap(grad(row_dot), in_dims=(None, 0, 0))(params, self.tokens, self.text_grad)
+
     def finish(self) -> torch.Tensor:
-        """After the step's backward: the caption encoder's group shares (one batched
-        vector-Jacobian product through its forward graph), zeros for parameters the step did not
-        reach, and each parameter's gradient set to the sum of its group shares (the UNet
-        unfrozen). Returns every group's flat share (groups x parameters)."""
+        """After the step's backward: the caption encoder's group shares, zeros for parameters the
+        step did not reach, and each parameter's gradient set to the sum of its group shares (the
+        UNet unfrozen). Returns every group's flat share (groups x parameters)."""
         self.active = False
         self._unfreeze()
-        out = self.text_out
-        mask = self.onehot.to(out.dtype).reshape(*self.onehot.shape, *([1] * (out.dim() - 1)))
-        grads = torch.autograd.grad(out, self.text_params, grad_outputs=mask * self.text_grad,
-                                    allow_unused=True, is_grads_batched=True)
-        for p, g in zip(self.text_params, grads):
-            if g is not None and id(p) in self.offsets:
-                start, n = self.offsets[id(p)]
-                self.flat[:, start:start + n] = g.reshape(g.shape[0], n)
-                self.written.add(id(p))
+        named = dict(self.model.text.named_parameters())
+        for name, per_row in self._text_per_sample().items():
+            self._put(named[name], self._group_sum(per_row))
         for pid, (start, n) in self.offsets.items():
             if pid not in self.written:
                 self.flat[:, start:start + n] = 0.0
@@ -195,7 +203,7 @@ class LayerShares:
                 start, n = self.offsets[id(p)]
                 g = total[start:start + n].view_as(p)
                 p.grad = g if p.grad is None else p.grad + g
-        self.text_grad = self.text_out = self.onehot = None
+        self.text_grad = self.tokens = self.onehot = None
         return self.flat
 
     def _unfreeze(self) -> None:
