@@ -15,6 +15,7 @@ from govlab.data.cache import run_dataset
 from govlab.provenance.config import ProvenanceConfig
 from govlab.provenance.index import ProvenanceIndex
 from govlab.provenance.writer import INDEX, ProvenanceWriter, band_of_params
+from govlab.routing import attach
 from govlab.train import Trainer
 
 
@@ -33,23 +34,33 @@ def index_bytes(n_records: int, band_of: dict, sources: list[str], checkpoints: 
     return (out / INDEX).stat().st_size
 
 
+def indexed_pair(cfg, dataset, out: str, routing: bool) -> dict:
+    """Step functions of two trainers of the same model and batches, without and with the index
+    writer (both with the routing hooks when ``routing``)."""
+    def trainer(name, run_cfg, writers):
+        data, hooks = attach(run_cfg, dataset) if routing else (dataset, [])
+        return Trainer(run_cfg, data, f"{out}/{name}", hooks=[*hooks, *writers], progress=False)
+
+    writer = ProvenanceWriter(ProvenanceConfig(enabled=True), dataset.sources)
+    plain = trainer("plain", cfg, [])
+    indexed = trainer("indexed", from_dict({"provenance": {"enabled": True}}, base=cfg), [writer])
+    indexed.model.load_state_dict(plain.model.state_dict())
+    writer.on_start(indexed)
+    return {"plain": lambda: plain.train_step(plain.make_context()),
+            "indexed": lambda: indexed.train_step(indexed.make_context())}
+
+
 def bench_index(*, quick: bool = False) -> dict:
     """Step with the index writer over step without (same process, interleaved rounds, paired
-    ratio), index bytes for 1k and 100k records, query milliseconds."""
+    ratio), routing off and on; index bytes for 1k and 100k records; query milliseconds."""
     cfg = load_config("smoke" if quick else "demo")
     dataset = run_dataset(cfg, progress=False)
-    pcfg = ProvenanceConfig(enabled=True)
     with tempfile.TemporaryDirectory() as tmp:
-        plain = Trainer(cfg, dataset, f"{tmp}/p", progress=False)
-        writer = ProvenanceWriter(pcfg, dataset.sources)
-        indexed = Trainer(from_dict({"provenance": {"enabled": True}}, base=cfg), dataset, f"{tmp}/i",
-                          hooks=[writer], progress=False)
-        indexed.model.load_state_dict(plain.model.state_dict())
-        writer.on_start(indexed)
-        times = timings({"plain": lambda: plain.train_step(plain.make_context()),
-                         "indexed": lambda: indexed.train_step(indexed.make_context())},
-                        repeats=16 if quick else 40)
-        band_of = band_of_params(indexed.model, cfg.routing)
+        times = timings(indexed_pair(cfg, dataset, f"{tmp}/off", routing=False), repeats=16 if quick else 40)
+        routed_cfg = from_dict({"routing": {"mode": "routed"}}, base=cfg)
+        routed = timings(indexed_pair(routed_cfg, dataset, f"{tmp}/routed", routing=True),
+                         repeats=8 if quick else 12)
+        band_of = band_of_params(Trainer(cfg, dataset, f"{tmp}/bands", progress=False).model, cfg.routing)
         out = Path(tmp) / "sizes"
         b1k = index_bytes(1_000, band_of, dataset.sources, 8, out / "1k")
         b100k = index_bytes(100_000, band_of, dataset.sources, 8, out / "100k")
@@ -62,6 +73,7 @@ def bench_index(*, quick: bool = False) -> dict:
             q.append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"overhead_ratio": round(paired_ratio(times, "indexed", "plain"), 4),
+            "overhead_ratio_routed": round(paired_ratio(routed, "indexed", "plain"), 4),
             "step_s": round(med["plain"], 4), "indexed_step_s": round(med["indexed"], 4),
             "bytes_1k": b1k, "bytes_100k": b100k, "query_ms": round(1000 * statistics.median(q), 2),
             "sources": len(dataset.sources), "batch_size": cfg.train.batch_size, "granularity": "cohort",

@@ -6,15 +6,13 @@ input, a hook on its output catches the output gradient during the step's backwa
 group shares are computed either from per-sample terms in one call (a batched product for Linear,
 one grouped weight-gradient call for Conv2d) summed per group by one product with the batch's
 one-hot group matrix, or, for large layers, by one weight-gradient call per group on its rows of
-the batch (sorted by group). The UNet's own
-parameters are frozen for that backward, so autograd computes only input gradients, and each
-parameter's gradient is set to the sum of its group shares: the weight gradients are computed
-once, split by group, not twice. The step's backward stops at the caption embedding; the caption
-encoder's (small) group shares come after it from its per-sample gradients for that embedding's
-gradient (``torch.func``), and its gradient is their sum. Used when routing
-is off (routing changes which samples reach which parameters inside its own ops); ``supported``
-says whether a model qualifies.
-"""
+the batch (sorted by group). The UNet's own parameters are frozen for that backward, so autograd
+computes only input gradients, and each parameter's gradient is set to the sum of its group
+shares: the weight gradients are computed once, split by group, not twice. The step's backward
+stops at the caption embedding; the caption encoder's (small) group shares come after it from its
+per-sample gradients for that embedding's gradient (``torch.func``), and its gradient is their
+sum. Used when routing is off (routing changes which samples reach which parameters inside its
+own ops); ``supported`` says whether a model qualifies."""
 
 from __future__ import annotations
 
@@ -112,7 +110,7 @@ class LayerShares:
     def begin(self, slices: list[slice], group_of_row: torch.Tensor) -> None:
         """Catch the next forward and backward of a batch sorted by group: ``slices`` are the
         groups' rows, ``group_of_row`` the group of each row."""
-        self.slices, self.rows, self.active = slices, group_of_row, True
+        self.slices, self.rows, self.active, self.tokens = slices, group_of_row, True, None
         self.onehot = F.one_hot(group_of_row, len(slices)).t().to(torch.get_default_dtype())  # groups x batch
         self.flat = torch.empty(len(slices), self.size)
         self.written: set[int] = set()
@@ -191,9 +189,10 @@ class LayerShares:
         UNet unfrozen). Returns every group's flat share (groups x parameters)."""
         self.active = False
         self._unfreeze()
-        named = dict(self.model.text.named_parameters())
-        for name, per_row in self._text_per_sample().items():
-            self._put(named[name], self._group_sum(per_row))
+        if self.tokens is not None:  # the caption encoder took part in the step's gradient
+            named = dict(self.model.text.named_parameters())
+            for name, per_row in self._text_per_sample().items():
+                self._put(named[name], self._group_sum(per_row))
         for pid, (start, n) in self.offsets.items():
             if pid not in self.written:
                 self.flat[:, start:start + n] = 0.0
