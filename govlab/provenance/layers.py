@@ -16,11 +16,16 @@ own ops); ``supported`` says whether a model qualifies."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from govlab.routing import ops
+from govlab.routing.slots import SLOTS_ATTR, banks
 
 LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
 
@@ -33,8 +38,11 @@ def _qualifies(m: nn.Module) -> bool:
 
 def supported(model: nn.Module) -> bool:
     """Whether every UNet parameter sits directly in a layer of ``LAYERS`` (plain convolutions:
-    one group, zero padding) and there is a caption encoder ``model.text`` to recompute."""
-    if not hasattr(model, "unet") or not hasattr(model, "text") or hasattr(model, "slots"):
+    one group, zero padding), there is a caption encoder ``model.text`` to recompute, and any
+    routing slots sit beside that encoder (not in the UNet)."""
+    if not hasattr(model, "unet") or not hasattr(model, "text"):
+        return False
+    if any(bank.target_name != "text" for bank in banks(model)):
         return False
     return all(_qualifies(m) or not list(m.parameters(recurse=False)) for m in model.unet.modules())
 
@@ -90,26 +98,51 @@ def per_sample_small(m: nn.Module, x: torch.Tensor, g: torch.Tensor):
     return gw, (gb if m.bias is not None else None)
 
 
-class LayerShares:
-    """Fills ``flat`` (groups x flattened parameters, in ``params`` order) during the backward."""
+class _Caption(nn.Module):
+    """The caption path of a model (its encoder, and the slots its forward hooks add), as one
+    module whose parameters ``torch.func.functional_call`` can replace."""
 
-    def __init__(self, model: nn.Module, params: list[torch.Tensor]):
-        self.model, self.active = model, False
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.text(tokens)
+
+
+class LayerShares:
+    """Fills ``flat`` (groups x flattened parameters, in ``params`` order) during the backward.
+
+    With a ``router`` (routing on), each parameter's shares count only the samples that may change
+    its band: their rows of the output gradient are kept, the others zeroed. The router's own ops
+    then only pass input gradients (the parameters are frozen for the backward), and each
+    parameter's gradient, the sum of its shares, is the routed gradient.
+    """
+
+    def __init__(self, model: nn.Module, params: list[torch.Tensor], router=None):
+        self.model, self.router, self.active = model, router, False
         offsets, start = {}, 0
         for p in params:
             offsets[id(p)] = (start, p.numel())
             start += p.numel()
         self.offsets, self.size = offsets, start
-        self.text_params = [p for p in model.text.parameters() if p.requires_grad]
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.band = {id(p): router.band_of[names[id(p)]] for p in params} if router is not None else {}
+        caption = ("text.", f"{SLOTS_ATTR}.text.")
+        self.caption_params = {"model." + n: p for n, p in model.named_parameters()
+                               if n.startswith(caption) and id(p) in offsets}
+        self.text_params = list(self.caption_params.values())
+        self.caption = _Caption(model)
         layers = [m for m in model.unet.modules() if type(m) in LAYERS and list(m.parameters(recurse=False))]
         self.unet_params = [p for m in layers for p in m.parameters(recurse=False) if id(p) in offsets]
         self.handles = [h for m in layers for h in (m.register_forward_pre_hook(self._input_hook),
                                                     m.register_forward_hook(self._layer_hook))]
-        self.handles.append(model.text.register_forward_hook(self._text_hook))
+        self.handles += [model.text.register_forward_pre_hook(self._tokens_hook, prepend=True),
+                         model.text.register_forward_hook(self._text_hook)]
 
-    def begin(self, slices: list[slice], group_of_row: torch.Tensor) -> None:
-        """Catch the next forward and backward of a batch sorted by group: ``slices`` are the
-        groups' rows, ``group_of_row`` the group of each row."""
+    def begin(self, slices: list, group_of_row: torch.Tensor) -> None:
+        """Catch the next forward and backward: ``slices`` are the groups' rows (slices of a batch
+        sorted by group, or index tensors), ``group_of_row`` the group of each row."""
         self.slices, self.rows, self.active, self.tokens = slices, group_of_row, True, None
         self.onehot = F.one_hot(group_of_row, len(slices)).t().to(torch.get_default_dtype())  # groups x batch
         self.flat = torch.empty(len(slices), self.size)
@@ -148,6 +181,12 @@ class LayerShares:
 
         def on_grad(g):
             with torch.no_grad():
+                if self.router is not None:
+                    n, rows = self.router.band_rows(self.band[id(m.weight)])
+                    if n == 0:  # no sample may change this layer: no shares, no gradient
+                        return
+                    if rows is not None:
+                        g = g * ops.bcast(rows, g, 0)
                 gw, gb = per_sample_small(m, x, g)
                 if gw is None and x.shape[0] * m.weight.numel() > PER_SAMPLE_MAX:
                     self._put(m.weight, torch.stack([weight_grad(m, x[s], g[s]) for s in self.slices]))
@@ -157,12 +196,17 @@ class LayerShares:
 
         out.register_hook(on_grad)
 
+    def _tokens_hook(self, m, args):
+        """The caption as given (before any hook of the caption slots masks its triggers)."""
+        if self.active:
+            self.given = args[0]
+
     def _text_hook(self, m, args, out):
         """The UNet's backward stops at the caption embedding (a fresh leaf), whose gradient is kept
-        for the caption encoder's group shares in ``finish``."""
+        for the caption path's group shares in ``finish``."""
         if not self.active or not out.requires_grad:
             return
-        self.tokens, leaf = args[0], out.detach().requires_grad_()
+        self.tokens, leaf = self.given, out.detach().requires_grad_()
 
         def keep(g):
             self.text_grad = g
@@ -170,17 +214,17 @@ class LayerShares:
         leaf.register_hook(keep)
         return leaf
 
-    def _text_per_sample(self) -> dict[str, torch.Tensor]:
-        """Per-sample gradients of the caption encoder's parameters for the kept caption-embedding
-        gradient (``torch.func``: ``vmap`` of ``grad`` of one row's recomputation; the math
-        attention kernel, whose backward ``vmap`` batches)."""
-        text = self.model.text
-        params = {n: p.detach() for n, p in text.named_parameters() if p.requires_grad}
+    def _caption_per_sample(self) -> dict[str, torch.Tensor]:
+        """Per-sample gradients of the caption path's parameters (encoder, caption slots) for the
+        kept caption-embedding gradient (``torch.func``: ``vmap`` of ``grad`` of one row's
+        recomputation, unrouted; the math attention kernel, whose backward ``vmap`` batches)."""
+        params = {n: p.detach() for n, p in self.caption_params.items()}
 
         def row_dot(ps, tokens, g):
-            return (functional_call(text, ps, (tokens[None],))[0] * g).sum()
+            return (functional_call(self.caption, ps, (tokens[None],))[0] * g).sum()
 
-        with sdpa_kernel(SDPBackend.MATH):
+        bypass = self.router.bypassed() if self.router is not None else contextlib.nullcontext()
+        with bypass, sdpa_kernel(SDPBackend.MATH):
             return vmap(grad(row_dot), in_dims=(None, 0, 0))(params, self.tokens, self.text_grad)
 
     def finish(self) -> torch.Tensor:
@@ -189,10 +233,16 @@ class LayerShares:
         UNet unfrozen). Returns every group's flat share (groups x parameters)."""
         self.active = False
         self._unfreeze()
-        if self.tokens is not None:  # the caption encoder took part in the step's gradient
-            named = dict(self.model.text.named_parameters())
-            for name, per_row in self._text_per_sample().items():
-                self._put(named[name], self._group_sum(per_row))
+        if self.tokens is not None and self.caption_params:  # the caption path took part
+            for name, per_row in self._caption_per_sample().items():
+                p = self.caption_params[name]
+                if self.router is not None:
+                    n, rows = self.router.band_rows(self.band[id(p)])
+                    if n == 0:
+                        continue
+                    if rows is not None:
+                        per_row = per_row * ops.bcast(rows, per_row, 0)
+                self._put(p, self._group_sum(per_row))
         for pid, (start, n) in self.offsets.items():
             if pid not in self.written:
                 self.flat[:, start:start + n] = 0.0
@@ -202,7 +252,7 @@ class LayerShares:
                 start, n = self.offsets[id(p)]
                 g = total[start:start + n].view_as(p)
                 p.grad = g if p.grad is None else p.grad + g
-        self.text_grad = self.tokens = self.onehot = None
+        self.text_grad = self.tokens = self.given = self.onehot = None
         return self.flat
 
     def _unfreeze(self) -> None:

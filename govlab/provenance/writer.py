@@ -135,8 +135,9 @@ class ProvenanceWriter(Hook):
         self.params = [p for _, p in named]
         if getattr(self, "layer_shares", None) is not None:
             self.layer_shares.remove()
-        self.layer_shares = (LayerShares(model, self.params)
-                             if trainer.cfg.routing.mode == "off" and supported(model) else None)
+        self.router = next((h.router for h in trainer.hooks if getattr(h, "router", None) is not None),
+                           None) if trainer.cfg.routing.mode == "routed" else None
+        self.layer_shares = LayerShares(model, self.params, self.router) if supported(model) else None
         sizes = {b: sum(p.numel() for n, p in named if band_of[n] == b) for b in self.bands}
         ends = [int(e) for e in np.cumsum([sizes[b] for b in self.bands])]
         self.spans = [slice(e - sizes[b], e) for b, e in zip(self.bands, ends)]
@@ -150,20 +151,23 @@ class ProvenanceWriter(Hook):
     # -- per step ------------------------------------------------------------------------------
     def before_forward(self, ctx) -> None:
         gid = self.group_of_row[ctx.indices]
-        if self.layer_shares is not None:
+        if self.layer_shares is not None and self.router is None:
             # sort the batch by group so that each group is a slice (views, not copies, in the
             # backward); the per-sample loss is order-free, so this changes only the order of the sum
+            # (a routed batch keeps the order its routing table was set for)
             perm = torch.argsort(gid, stable=True)
             for name in ("indices", "x0", "tokens", "noise", "timesteps", "weights"):
                 setattr(ctx, name, getattr(ctx, name)[perm])
             ctx.records = [ctx.records[i] for i in perm.tolist()]
             gid = gid[perm]
         self._ids, local, self._counts = torch.unique(gid, return_inverse=True, return_counts=True)
-        if self.layer_shares is not None:
+        if self.layer_shares is not None and self.router is None:
             ends = torch.cumsum(self._counts, 0).tolist()
             self.layer_shares.begin([slice(e - n, e) for e, n in zip(ends, self._counts.tolist())], local)
-        else:
-            self._groups = [torch.nonzero(local == k).flatten() for k in range(len(self._ids))]
+            return
+        self._groups = [torch.nonzero(local == k).flatten() for k in range(len(self._ids))]
+        if self.layer_shares is not None:
+            self.layer_shares.begin(self._groups, local)
 
     def before_backward(self, ctx) -> None:
         if self.layer_shares is None:  # routed or unsupported model: one backward per group

@@ -13,6 +13,8 @@ every module runs its own forward.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -148,12 +150,9 @@ class Router:
         params = dict(m.named_parameters())
 
         def detached(*args, **kw):
-            self._bypass = True
-            try:
+            with self.bypassed():
                 return torch.func.functional_call(m, {k: p.detach() for k, p in params.items()}, args, kw,
                                                   strict=True, tie_weights=False)
-            finally:
-                self._bypass = False
 
         def forward(*args, **kw):
             lead = next((a for a in args if isinstance(a, torch.Tensor)), None)
@@ -259,6 +258,22 @@ class Router:
         if all(c == self._b for c in counts):
             return None, live
         return self._cols[idx][bank.col_slot].t().contiguous(), live
+
+    def band_rows(self, band: str) -> tuple[int, torch.Tensor | None]:
+        """How many samples of the routed batch may change ``band``, and which (a 0/1 row mask, or
+        None when all may)."""
+        j = self.index[band]
+        n = self._count[j]
+        return n, (None if n == self._b else self._cols[j])
+
+    @contextlib.contextmanager
+    def bypassed(self):
+        """Every module runs its own forward inside (e.g. to recompute one sample of a routed batch)."""
+        previous, self._bypass = self._bypass, True
+        try:
+            yield
+        finally:
+            self._bypass = previous
 
     def idle_parameters(self) -> list[torch.Tensor]:
         """Parameters of bands no sample of the routed batch may change."""

@@ -20,18 +20,24 @@ def plain_reference(model, batch: dict) -> dict[str, torch.Tensor]:
             for n, p, g in zip(names, params, torch.autograd.grad(loss, params, allow_unused=True))}
 
 
-@pytest.mark.parametrize("mode,per_sample_max", [("routed", None), ("off", 0), ("off", 1 << 40)],
-                         ids=["routed", "off-per-group", "off-per-sample"])
-def test_writer_matches_per_source_reference(tiny_cfg, smoke_dataset, tmp_path, monkeypatch, mode,
+ROUTED_UNET_SLOTS = {"mode": "routed", "style_band": "cross_attention"}
+
+
+@pytest.mark.parametrize("routing,per_sample_max", [
+    ({"mode": "routed"}, None), (ROUTED_UNET_SLOTS, None), ({"mode": "off"}, 0), ({"mode": "off"}, 1 << 40)],
+    ids=["routed", "routed-unet-slots", "off-per-group", "off-per-sample"])
+def test_writer_matches_per_source_reference(tiny_cfg, smoke_dataset, tmp_path, monkeypatch, routing,
                                              per_sample_max):
     if per_sample_max is not None:  # every layer's shares by one weight-gradient call per group, or per sample
         monkeypatch.setattr(layers, "PER_SAMPLE_MAX", per_sample_max)
-    cfg = from_dict({"routing": {"mode": mode}}, base=tiny_cfg)
+    cfg = from_dict({"routing": routing}, base=tiny_cfg)
+    mode = routing["mode"]
     dataset, hooks = attach(cfg, smoke_dataset)
     writer = ProvenanceWriter(ProvenanceConfig(enabled=True), smoke_dataset.sources)
     trainer = Trainer(cfg, dataset, tmp_path, hooks=[*hooks, writer], progress=False)
     writer.on_start(trainer)
-    assert (writer.layer_shares is None) == (mode == "routed")  # "off" takes the one-backward path
+    # slots inside the UNet take one extra backward per source; every other model the step's own
+    assert (writer.layer_shares is None) == (routing is ROUTED_UNET_SLOTS)
     trainer.train_step(trainer.make_context())  # past the warm-up step (learning rate 0): a real update
     writer._reset()
     ctx = trainer.make_context()
@@ -82,16 +88,24 @@ class _KeepGrads(Hook):
         self.grads = {n: p.grad.clone() for n, p in ctx.trainer.model.named_parameters() if p.grad is not None}
 
 
-def test_one_backward_writer_leaves_the_gradient_unchanged(tiny_cfg, smoke_dataset, tmp_path):
-    """With routing off the writer freezes the UNet and sets each weight's gradient to the sum of its
-    per-source shares: that is the gradient plain autograd gives, for every parameter."""
-    cfg = from_dict({"routing": {"mode": "off"}}, base=tiny_cfg)
+@pytest.mark.parametrize("mode", ["off", "routed"])
+def test_one_backward_writer_leaves_the_gradient_unchanged(tiny_cfg, smoke_dataset, tmp_path, mode):
+    """The writer freezes the UNet and sets each parameter's gradient to the sum of its per-source
+    shares: that is the gradient plain autograd gives (routing off) or the router's per-sample
+    reference (routing on; each share counts only the samples that may change its band)."""
+    cfg = from_dict({"routing": {"mode": mode}}, base=tiny_cfg)
+    dataset, hooks = attach(cfg, smoke_dataset)
     writer, keep = ProvenanceWriter(ProvenanceConfig(enabled=True), smoke_dataset.sources), _KeepGrads()
-    trainer = Trainer(cfg, smoke_dataset, tmp_path, hooks=[writer, keep], progress=False)
+    trainer = Trainer(cfg, dataset, tmp_path, hooks=[*hooks, writer, keep], progress=False)
     writer.on_start(trainer)
+    assert writer.layer_shares is not None
     ctx = trainer.make_context()
-    ref = plain_reference(trainer.model, {"x0": ctx.x0, "tokens": ctx.tokens, "noise": ctx.noise,
-                                          "timesteps": ctx.timesteps, "weights": ctx.weights})
+    batch = {"x0": ctx.x0, "tokens": ctx.tokens, "noise": ctx.noise, "timesteps": ctx.timesteps,
+             "weights": ctx.weights}
+    if mode == "routed":
+        ref = reference_grads(trainer.model, hooks[0].router, ctx.records, batch)
+    else:
+        ref = plain_reference(trainer.model, batch)
     trainer.train_step(ctx)
     assert not [n for n, g in ref.items() if g.abs().sum() > 0 and n not in keep.grads]
     for name, g in keep.grads.items():
