@@ -1,18 +1,19 @@
-"""Per-group gradient shares from the training step's own backward (no extra backward of the UNet).
+"""Per-group gradient shares from the training step's own backward (no extra backward).
 
 For a Linear, Conv2d, GroupNorm or LayerNorm layer, the weight gradient is a sum over samples of
 terms built from the layer's input and its output gradient. A forward hook keeps each layer's
 input, a hook on its output catches the output gradient during the step's backward, and there the
 group shares are computed either from per-sample terms in one call (a batched product for Linear,
 one grouped weight-gradient call for Conv2d) summed per group by one product with the batch's
-one-hot group matrix, or, for large layers, by one weight-gradient call per group on its rows of
-the batch (sorted by group). The UNet's own parameters are frozen for that backward, so autograd
-computes only input gradients, and each parameter's gradient is set to the sum of its group
-shares: the weight gradients are computed once, split by group, not twice. The step's backward
-stops at the caption embedding; the caption encoder's (small) group shares come after it from its
-per-sample gradients for that embedding's gradient (``torch.func``), and its gradient is their
-sum. Used when routing is off (routing changes which samples reach which parameters inside its
-own ops); ``supported`` says whether a model qualifies."""
+one-hot group matrix, or, for large layers, by one weight-gradient call per group on its rows of the
+batch (slices when the batch is sorted by group). The UNet's own parameters are frozen for that
+backward, so autograd computes only input gradients, and each parameter's gradient is set to the
+sum of its group shares: the weight gradients are computed once, split by group, not twice. The
+step's backward stops at the caption embedding; the caption path's (encoder and caption slots:
+small) group shares come after it from its per-sample gradients for that embedding's gradient
+(``torch.func``), and its gradient is their sum. With routing on, each parameter's shares count
+only the samples that may change its band (``LayerShares``); ``supported`` says whether a model
+qualifies."""
 
 from __future__ import annotations
 

@@ -6,8 +6,9 @@ optimizer sees, routing included). Per band the writer accumulates its squared n
 (``grad_norm_sq``) and its inner product with the update the optimizer actually applied
 (``update_share``: the shares of a band sum to ``<g, delta>``), and counts ``steps_seen``. At each
 checkpoint the sums of the interval since the previous checkpoint are flushed to ``index.nc``.
-With routing off the shares come from the step's own backward (``govlab.provenance.layers``);
-otherwise from one extra backward per group in the batch (exact, slower).
+The shares come from the step's own backward (``govlab.provenance.layers``), routing on or off;
+for a model that path does not support (routing slots inside the UNet), from one extra backward
+per group in the batch (exact, slower).
 """
 
 from __future__ import annotations
