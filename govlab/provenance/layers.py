@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from govlab.routing import ops
-from govlab.routing.slots import SLOTS_ATTR, banks
+from govlab.routing.slots import SLOTS_ATTR, SlotBank, banks
 
 LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
 
@@ -39,11 +39,11 @@ def _qualifies(m: nn.Module) -> bool:
 
 def supported(model: nn.Module) -> bool:
     """Whether every UNet parameter sits directly in a layer of ``LAYERS`` (plain convolutions:
-    one group, zero padding), there is a caption encoder ``model.text`` to recompute, and any
-    routing slots sit beside that encoder (not in the UNet)."""
+    one group, zero padding) or a slot bank without triggers, and there is a caption encoder
+    ``model.text`` to recompute."""
     if not hasattr(model, "unet") or not hasattr(model, "text"):
         return False
-    if any(bank.target_name != "text" for bank in banks(model)):
+    if any(bank.target_name != "text" and bank.triggers is not None for bank in banks(model)):
         return False
     return all(_qualifies(m) or not list(m.parameters(recurse=False)) for m in model.unet.modules())
 
@@ -66,20 +66,48 @@ def weight_grad(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def per_sample_weight(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Per-sample weight gradients ``(batch, *weight.shape)`` of a Linear or Conv2d layer for input
-    ``x`` and output gradient ``g``, in one call: a batched product for Linear, and for Conv2d one
-    weight-gradient call of the convolution with the batch folded into channel groups (the trick
-    behind per-sample convolution gradients; only the weight's shape is read, so it is left empty)."""
-    b = x.shape[0]
+    ``x`` and output gradient ``g``, in one call."""
     if type(m) is nn.Linear:
-        if x.dim() == 2:
-            return g[:, :, None] * x[:, None, :]
-        return torch.bmm(g.reshape(b, -1, g.shape[-1]).transpose(1, 2), x.reshape(b, -1, x.shape[-1]))
-    out_ch, shape = g.shape[1], m.weight.shape
+        return per_sample_linear(x, g)
+    return per_sample_conv(x, g, m.weight.shape, m.stride, m.padding, m.dilation)
+
+
+def per_sample_linear(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-sample gradients ``(batch, out, in)`` of a linear map's weight: a batched product."""
+    b = x.shape[0]
+    if x.dim() == 2:
+        return g[:, :, None] * x[:, None, :]
+    return torch.bmm(g.reshape(b, -1, g.shape[-1]).transpose(1, 2), x.reshape(b, -1, x.shape[-1]))
+
+
+def per_sample_conv(x: torch.Tensor, g: torch.Tensor, shape, stride, padding, dilation) -> torch.Tensor:
+    """Per-sample gradients ``(batch, *shape)`` of a convolution's weight: one weight-gradient call
+    with the batch folded into channel groups (the trick behind per-sample convolution gradients;
+    only the weight's shape is read, so it is left empty)."""
+    b, out_ch = x.shape[0], g.shape[1]
     grad = torch.ops.aten.convolution_backward(
         g.reshape(1, b * out_ch, *g.shape[2:]), x.reshape(1, b * x.shape[1], *x.shape[2:]),
-        x.new_empty((b * out_ch, *shape[1:])), None, list(m.stride), list(m.padding), list(m.dilation),
+        x.new_empty((b * out_ch, *shape[1:])), None, list(stride), list(padding), list(dilation),
         False, [0, 0], b, [False, True, False])[1]
     return grad.reshape(b, *shape)
+
+
+def per_sample_bank(bank: SlotBank, x: torch.Tensor, g: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter, per-sample gradients) of every ``down`` and ``up`` weight of a slot bank
+    (``up(down(x))``, no gate) for its input ``x`` and output gradient ``g``."""
+    downs, ups = list(bank.down.values()), list(bank.up.values())
+    down, up = torch.cat(downs), torch.cat(ups, dim=1)
+    if bank.kind == "linear":
+        h = F.linear(x, down)
+        gd, gu = per_sample_linear(x, g.matmul(up)), per_sample_linear(h, g)
+    else:
+        stride, padding, dilation = bank.geometry
+        h = F.conv2d(x, down, None, stride, padding, dilation)
+        gh = torch.einsum("bohw,or->brhw", g, up[:, :, 0, 0])
+        gd = per_sample_conv(x, gh, down.shape, stride, padding, dilation)
+        gu = torch.einsum("bohw,brhw->bor", g, h)[..., None, None]
+    ranks = [r for _, r, _ in bank.slots]
+    return [*zip(downs, gd.split(ranks, dim=1)), *zip(ups, gu.split(ranks, dim=2))]
 
 
 def per_sample_small(m: nn.Module, x: torch.Tensor, g: torch.Tensor):
@@ -135,9 +163,11 @@ class LayerShares:
         self.text_params = list(self.caption_params.values())
         self.caption = _Caption(model)
         layers = [m for m in model.unet.modules() if type(m) in LAYERS and list(m.parameters(recurse=False))]
-        self.unet_params = [p for m in layers for p in m.parameters(recurse=False) if id(p) in offsets]
+        unet_banks = [bank for bank in banks(model) if bank.target_name != "text"]
+        self.unet_params = [p for m in (*layers, *unet_banks) for p in m.parameters() if id(p) in offsets]
         self.handles = [h for m in layers for h in (m.register_forward_pre_hook(self._input_hook),
                                                     m.register_forward_hook(self._layer_hook))]
+        self.handles += [bank.register_forward_hook(self._bank_hook) for bank in unet_banks]
         self.handles += [model.text.register_forward_pre_hook(self._tokens_hook, prepend=True),
                          model.text.register_forward_hook(self._text_hook)]
 
@@ -182,12 +212,9 @@ class LayerShares:
 
         def on_grad(g):
             with torch.no_grad():
-                if self.router is not None:
-                    n, rows = self.router.band_rows(self.band[id(m.weight)])
-                    if n == 0:  # no sample may change this layer: no shares, no gradient
-                        return
-                    if rows is not None:
-                        g = g * ops.bcast(rows, g, 0)
+                g = self._routed(m.weight, g)
+                if g is None:  # no sample may change this layer: no shares, no gradient
+                    return
                 gw, gb = per_sample_small(m, x, g)
                 if gw is None and x.shape[0] * m.weight.numel() > PER_SAMPLE_MAX:
                     self._put(m.weight, torch.stack([weight_grad(m, x[s], g[s]) for s in self.slices]))
@@ -196,6 +223,28 @@ class LayerShares:
                 self._put(m.bias, self._group_sum(gb))
 
         out.register_hook(on_grad)
+
+    def _bank_hook(self, bank, args, out):
+        if not self.active or not out.requires_grad:
+            return
+        x = args[0].detach()
+
+        def on_grad(g):
+            with torch.no_grad():
+                for p, per_row in per_sample_bank(bank, x, g):
+                    self._put(p, self._group_sum(self._routed(p, per_row)))
+
+        out.register_hook(on_grad)
+
+    def _routed(self, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
+        """``t`` (batch first) with the rows of the samples that may not change ``p``'s band
+        zeroed (unchanged without a router); None when no sample may."""
+        if self.router is None:
+            return t
+        n, rows = self.router.band_rows(self.band[id(p)])
+        if n == 0:
+            return None
+        return t if rows is None else t * ops.bcast(rows, t, 0)
 
     def _tokens_hook(self, m, args):
         """The caption as given (before any hook of the caption slots masks its triggers)."""
@@ -237,13 +286,7 @@ class LayerShares:
         if self.tokens is not None and self.caption_params:  # the caption path took part
             for name, per_row in self._caption_per_sample().items():
                 p = self.caption_params[name]
-                if self.router is not None:
-                    n, rows = self.router.band_rows(self.band[id(p)])
-                    if n == 0:
-                        continue
-                    if rows is not None:
-                        per_row = per_row * ops.bcast(rows, per_row, 0)
-                self._put(p, self._group_sum(per_row))
+                self._put(p, self._group_sum(self._routed(p, per_row)))
         for pid, (start, n) in self.offsets.items():
             if pid not in self.written:
                 self.flat[:, start:start + n] = 0.0

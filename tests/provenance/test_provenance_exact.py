@@ -6,6 +6,7 @@ import torch
 from govlab.config import from_dict
 from govlab.hooks import Hook
 from govlab.provenance import ProvenanceConfig, ProvenanceWriter, layers
+from govlab.provenance import writer as writer_module
 from govlab.provenance.writer import band_of_params
 from govlab.routing import attach
 from govlab.routing.reference import reference_grads
@@ -20,24 +21,41 @@ def plain_reference(model, batch: dict) -> dict[str, torch.Tensor]:
             for n, p, g in zip(names, params, torch.autograd.grad(loss, params, allow_unused=True))}
 
 
-ROUTED_UNET_SLOTS = {"mode": "routed", "style_band": "cross_attention"}
+ROUTED = {"mode": "routed"}  # per-source slots beside the caption encoder
+# per-source slots beside the UNet's cross-attention projections (Linear) and sequestered adapters
+# beside convolutions
+ROUTED_UNET_SLOTS = {"mode": "routed", "style_band": "cross_attention",
+                     "sequester_targets": ["unet.up_blocks.*.resnets.*.conv2"]}
 
 
-@pytest.mark.parametrize("routing,per_sample_max", [
-    ({"mode": "routed"}, None), (ROUTED_UNET_SLOTS, None), ({"mode": "off"}, 0), ({"mode": "off"}, 1 << 40)],
-    ids=["routed", "routed-unet-slots", "off-per-group", "off-per-sample"])
-def test_writer_matches_per_source_reference(tiny_cfg, smoke_dataset, tmp_path, monkeypatch, routing,
-                                             per_sample_max):
-    if per_sample_max is not None:  # every layer's shares by one weight-gradient call per group, or per sample
-        monkeypatch.setattr(layers, "PER_SAMPLE_MAX", per_sample_max)
+def trained_slots(model) -> None:
+    """Slots off their zero init (``up`` = 0 would make every ``down`` gradient 0)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("slots.") and ".up." in name:
+                p.normal_(0, 0.2)
+
+
+@pytest.mark.parametrize("routing,path", [
+    (ROUTED, "one-backward"), (ROUTED_UNET_SLOTS, "one-backward"), (ROUTED, "backward-per-source"),
+    ({"mode": "off"}, "per-group"), ({"mode": "off"}, "per-sample")],
+    ids=["routed", "routed-unet-slots", "routed-backward-per-source", "off-per-group", "off-per-sample"])
+def test_writer_matches_per_source_reference(tiny_cfg, smoke_dataset, tmp_path, monkeypatch, routing, path):
+    if path == "per-group":  # every layer's shares by one weight-gradient call per group
+        monkeypatch.setattr(layers, "PER_SAMPLE_MAX", 0)
+    elif path == "per-sample":
+        monkeypatch.setattr(layers, "PER_SAMPLE_MAX", 1 << 40)
+    elif path == "backward-per-source":  # the path of a model whose layers the hooks do not cover
+        monkeypatch.setattr(writer_module, "supported", lambda model: False)
     cfg = from_dict({"routing": routing}, base=tiny_cfg)
     mode = routing["mode"]
     dataset, hooks = attach(cfg, smoke_dataset)
     writer = ProvenanceWriter(ProvenanceConfig(enabled=True), smoke_dataset.sources)
     trainer = Trainer(cfg, dataset, tmp_path, hooks=[*hooks, writer], progress=False)
     writer.on_start(trainer)
-    # slots inside the UNet take one extra backward per source; every other model the step's own
-    assert (writer.layer_shares is None) == (routing is ROUTED_UNET_SLOTS)
+    assert (writer.layer_shares is None) == (path == "backward-per-source")
+    trained_slots(trainer.model)
     trainer.train_step(trainer.make_context())  # past the warm-up step (learning rate 0): a real update
     writer._reset()
     ctx = trainer.make_context()
@@ -88,17 +106,19 @@ class _KeepGrads(Hook):
         self.grads = {n: p.grad.clone() for n, p in ctx.trainer.model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("mode", ["off", "routed"])
-def test_one_backward_writer_leaves_the_gradient_unchanged(tiny_cfg, smoke_dataset, tmp_path, mode):
+@pytest.mark.parametrize("routing", [{"mode": "off"}, ROUTED, ROUTED_UNET_SLOTS], ids=["off", "routed", "routed-unet-slots"])
+def test_one_backward_writer_leaves_the_gradient_unchanged(tiny_cfg, smoke_dataset, tmp_path, routing):
     """The writer freezes the UNet and sets each parameter's gradient to the sum of its per-source
     shares: that is the gradient plain autograd gives (routing off) or the router's per-sample
     reference (routing on; each share counts only the samples that may change its band)."""
-    cfg = from_dict({"routing": {"mode": mode}}, base=tiny_cfg)
+    cfg = from_dict({"routing": routing}, base=tiny_cfg)
+    mode = routing["mode"]
     dataset, hooks = attach(cfg, smoke_dataset)
     writer, keep = ProvenanceWriter(ProvenanceConfig(enabled=True), smoke_dataset.sources), _KeepGrads()
     trainer = Trainer(cfg, dataset, tmp_path, hooks=[*hooks, writer, keep], progress=False)
     writer.on_start(trainer)
     assert writer.layer_shares is not None
+    trained_slots(trainer.model)
     ctx = trainer.make_context()
     batch = {"x0": ctx.x0, "tokens": ctx.tokens, "noise": ctx.noise, "timesteps": ctx.timesteps,
              "weights": ctx.weights}
