@@ -52,14 +52,17 @@ def indexed_pair(cfg, dataset, out: str, routing: bool) -> dict:
 
 def bench_index(*, quick: bool = False) -> dict:
     """Step with the index writer over step without (same process, interleaved rounds, paired
-    ratio), routing off and on; index bytes for 1k and 100k records; query milliseconds."""
+    ratio), routing off and on (per-source slots beside the caption encoder, or beside the UNet's
+    cross-attention projections); index bytes for 1k and 100k records; query milliseconds."""
     cfg = load_config("smoke" if quick else "demo")
     dataset = run_dataset(cfg, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         times = timings(indexed_pair(cfg, dataset, f"{tmp}/off", routing=False), repeats=16 if quick else 40)
-        routed_cfg = from_dict({"routing": {"mode": "routed"}}, base=cfg)
-        routed = timings(indexed_pair(routed_cfg, dataset, f"{tmp}/routed", routing=True),
-                         repeats=8 if quick else 12)
+        routed = {}
+        for key, routing in (("routed", {"mode": "routed"}),  # slots beside the caption encoder
+                             ("routed_unet_slots", {"mode": "routed", "style_band": "cross_attention"})):
+            pair = indexed_pair(from_dict({"routing": routing}, base=cfg), dataset, f"{tmp}/{key}", routing=True)
+            routed[key] = timings(pair, repeats=8 if quick else 12)
         band_of = band_of_params(Trainer(cfg, dataset, f"{tmp}/bands", progress=False).model, cfg.routing)
         out = Path(tmp) / "sizes"
         b1k = index_bytes(1_000, band_of, dataset.sources, 8, out / "1k")
@@ -73,7 +76,7 @@ def bench_index(*, quick: bool = False) -> dict:
             q.append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"overhead_ratio": round(paired_ratio(times, "indexed", "plain"), 4),
-            "overhead_ratio_routed": round(paired_ratio(routed, "indexed", "plain"), 4),
+            **{f"overhead_ratio_{k}": round(paired_ratio(t, "indexed", "plain"), 4) for k, t in routed.items()},
             "step_s": round(med["plain"], 4), "indexed_step_s": round(med["indexed"], 4),
             "bytes_1k": b1k, "bytes_100k": b100k, "query_ms": round(1000 * statistics.median(q), 2),
             "sources": len(dataset.sources), "batch_size": cfg.train.batch_size, "granularity": "cohort",
