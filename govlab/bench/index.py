@@ -16,7 +16,7 @@ from govlab.provenance.config import ProvenanceConfig
 from govlab.provenance.index import ProvenanceIndex
 from govlab.provenance.writer import INDEX, ProvenanceWriter, band_of_params
 from govlab.routing import attach
-from govlab.train import Trainer
+from govlab.train import Trainer, build_model
 
 
 def index_bytes(n_records: int, band_of: dict, sources: list[str], checkpoints: int, out: Path) -> int:
@@ -63,7 +63,7 @@ def bench_index(*, quick: bool = False) -> dict:
                              ("routed_unet_slots", {"mode": "routed", "style_band": "cross_attention"})):
             pair = indexed_pair(from_dict({"routing": routing}, base=cfg), dataset, f"{tmp}/{key}", routing=True)
             routed[key] = timings(pair, repeats=8 if quick else 12)
-        band_of = band_of_params(Trainer(cfg, dataset, f"{tmp}/bands", progress=False).model, cfg.routing)
+        band_of = band_of_params(build_model(cfg, dataset), cfg.routing)
         out = Path(tmp) / "sizes"
         b1k = index_bytes(1_000, band_of, dataset.sources, 8, out / "1k")
         b100k = index_bytes(100_000, band_of, dataset.sources, 8, out / "100k")

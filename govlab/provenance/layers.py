@@ -160,7 +160,6 @@ class LayerShares:
         caption = ("text.", f"{SLOTS_ATTR}.text.")
         self.caption_params = {"model." + n: p for n, p in model.named_parameters()
                                if n.startswith(caption) and id(p) in offsets}
-        self.text_params = list(self.caption_params.values())
         self.caption = _Caption(model)
         layers = [m for m in model.unet.modules() if type(m) in LAYERS and list(m.parameters(recurse=False))]
         unet_banks = [bank for bank in banks(model) if bank.target_name != "text"]
@@ -291,7 +290,7 @@ class LayerShares:
             if pid not in self.written:
                 self.flat[:, start:start + n] = 0.0
         total = self.flat.sum(0)
-        for p in (*self.unet_params, *self.text_params):
+        for p in (*self.unet_params, *self.caption_params.values()):
             if id(p) in self.written:
                 start, n = self.offsets[id(p)]
                 g = total[start:start + n].view_as(p)
