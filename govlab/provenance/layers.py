@@ -241,9 +241,7 @@ class LayerShares:
         if self.router is None:
             return t
         n, rows = self.router.band_rows(self.band[id(p)])
-        if n == 0:
-            return None
-        return t if rows is None else t * ops.bcast(rows, t, 0)
+        return None if n == 0 else ops.pick(t, rows, 0)
 
     def _tokens_hook(self, m, args):
         """The caption as given (before any hook of the caption slots masks its triggers)."""
