@@ -152,26 +152,27 @@ class ProvenanceWriter(Hook):
     # -- per step ------------------------------------------------------------------------------
     def before_forward(self, ctx) -> None:
         gid = self.group_of_row[ctx.indices]
-        if self.layer_shares is not None and self.router is None:
-            # sort the batch by group so that each group is a slice (views, not copies, in the
-            # backward); the per-sample loss is order-free, so this changes only the order of the sum
-            # (a routed batch keeps the order its routing table was set for)
+        # with the one-backward path and routing off, sort the batch by group so that each group is a
+        # slice (views, not copies, in the backward); the per-sample loss is order-free, so this
+        # changes only the order of the sum (a routed batch keeps the order its routing table was set for)
+        sort = self.layer_shares is not None and self.router is None
+        if sort:
             perm = torch.argsort(gid, stable=True)
             for name in ("indices", "x0", "tokens", "noise", "timesteps", "weights"):
                 setattr(ctx, name, getattr(ctx, name)[perm])
             ctx.records = [ctx.records[i] for i in perm.tolist()]
             gid = gid[perm]
         self._ids, local, self._counts = torch.unique(gid, return_inverse=True, return_counts=True)
-        if self.layer_shares is not None and self.router is None:
+        if sort:
             ends = torch.cumsum(self._counts, 0).tolist()
-            self.layer_shares.begin([slice(e - n, e) for e, n in zip(ends, self._counts.tolist())], local)
-            return
-        self._groups = [torch.nonzero(local == k).flatten() for k in range(len(self._ids))]
+            self._groups = [slice(e - n, e) for e, n in zip(ends, self._counts.tolist())]
+        else:
+            self._groups = [torch.nonzero(local == k).flatten() for k in range(len(self._ids))]
         if self.layer_shares is not None:
             self.layer_shares.begin(self._groups, local)
 
     def before_backward(self, ctx) -> None:
-        if self.layer_shares is None:  # routed or unsupported model: one backward per group
+        if self.layer_shares is None:  # a model the one-backward path does not support: one backward per group
             self._shares = torch.stack(group_shares(ctx.per_sample_loss, ctx.weights, self._groups, self.params))
 
     def after_backward(self, ctx) -> None:
