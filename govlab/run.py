@@ -25,10 +25,10 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: l
     dataset = run_dataset(cfg, progress=progress)
     sources = dataset.sources  # scored on every source, also those rejected at ingestion
     dataset, routing_hooks = attach(cfg, dataset)
-    dataset, provenance_hooks = attach_provenance(cfg, dataset, sources)  # may refuse: before clearing
+    dataset, provenance_hooks = attach_provenance(cfg, dataset, sources)  # these may refuse: before clearing
+    monitor_hooks = attach_monitor(cfg, dataset)
     if not resume:
         clear_run(out)
-    monitor_hooks = attach_monitor(cfg, dataset)
     trainer = Trainer(cfg, dataset, out, hooks=[*routing_hooks, *monitor_hooks, *provenance_hooks, *hooks],
                       progress=progress).fit(resume=resume)
     evaluator, acc = load_evaluator(cfg.model.image_size, progress=progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,12 @@ def load_pool(pool) -> list[BlackBox]:
 
 def model_features(boxes: list[BlackBox], prompts: list[str], k: int, *, extractor: nn.Module,
                    seed: int = 0) -> Features:
-    """Features of ``k`` samples per (prompt, model)."""
+    """Features of ``k`` samples per (prompt, model); every model's images must have one size."""
     sample_all(boxes, prompts, k, seed=seed)
+    sizes = {b.name: tuple(sample(b, prompts[0], k, seed=seed).shape[-2:]) for b in boxes}
+    if len(set(sizes.values())) > 1:
+        raise GovlabError("models generate images of different sizes: "
+                          + ", ".join(f"{n} {h}x{w}" for n, (h, w) in sizes.items()))
     return {p: {b.name: extract(extractor, sample(b, p, k, seed=seed)) for b in boxes} for p in prompts}
 
 
@@ -116,7 +121,8 @@ def probe(target, pool, prompts: list[str] | None = None, *, k: int = 50,
     prompts = list(prompts) if prompts is not None else default_prompts(bases, seed=seed)
     if not prompts:
         raise GovlabError("no prompts given")
-    feats = model_features([*bases, box], prompts, k, extractor=get_extractor(extractor), seed=seed)
+    size = sample(bases[0], prompts[0], k, seed=seed).shape[-1]  # the world encoder of the models' image size
+    feats = model_features([*bases, box], prompts, k, extractor=get_extractor(extractor, image_size=size), seed=seed)
     return feats, [b.name for b in bases], box.name
 
 
@@ -132,8 +138,13 @@ def lineage(target, pool, prompts: list[str] | None = None, *, k: int = 50,
 
 
 def correlated_pairs(features: Features, pool: list[str], *, method: str = "gaussian",
-                     tau: float = DEFAULT_TAU, n_neighbors: int = N_NEIGHBORS) -> list[tuple[str, str]]:
-    """Pool hygiene: base pairs under the pool's own NULL threshold in a majority of prompts."""
+                     tau: float = DEFAULT_TAU, n_neighbors: int = N_NEIGHBORS) -> list[tuple[str, str]] | None:
+    """Pool hygiene: base pairs under the pool's own NULL threshold in a majority of prompts; None
+    when the pool is too small for the check to flag any pair (over n pairs no distance lies more
+    than sqrt(n - 1) population standard deviations from their mean, e.g. 1.41 for 3 bases)."""
+    pairs = len(pool) * (len(pool) - 1) // 2
+    if math.sqrt(max(pairs - 1, 0)) <= abs(tau):
+        return None
     counts: dict[tuple[str, str], int] = {}
     for by_model in features.values():
         names, matrix = prompt_distances({n: by_model[n] for n in pool}, method=method, n_neighbors=n_neighbors)

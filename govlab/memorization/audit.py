@@ -143,6 +143,10 @@ def audit_run(run: str | Path, *, sample: int | None = None, n: int = 4, steps: 
                           f"{cfg.data} (config.yaml 'data') is not accessible")
     if sample is not None and sample < 1:
         raise GovlabError(f"--sample must be >= 1, got {sample}")
+    if steps is not None and steps < 1:
+        raise GovlabError(f"--steps must be >= 1, got {steps}")
+    if n < 1:
+        raise GovlabError(f"-n must be >= 1, got {n}")
     model = TextToImage.load(run / "model.safetensors")
     dataset = run_dataset(cfg, progress=progress)
     rows = None
@@ -151,7 +155,7 @@ def audit_run(run: str | Path, *, sample: int | None = None, n: int = 4, steps: 
         firsts = list({r["caption"]: i for i, r in reversed(list(enumerate(dataset.records)))}.values())
         rows = sorted(rng.choice(firsts, size=min(sample, len(firsts)), replace=False).tolist())
     evaluator = load_evaluator(cfg.model.image_size, progress=progress)[0]
-    result, pairs = audit(model, dataset, rows=rows, n=n, steps=steps or cfg.eval.steps,
+    result, pairs = audit(model, dataset, rows=rows, n=n, steps=cfg.eval.steps if steps is None else steps,
                           guidance=cfg.eval.guidance, seed=seed, evaluator=evaluator, progress=progress)
     captions = [it["caption"] for it in result["items"]]
     n_planted = sum(it["planted"] for it in result["items"])

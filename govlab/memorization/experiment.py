@@ -92,10 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m govlab.memorization.experiment")
     p.add_argument("out")
     p.add_argument("--detector", default="regeneration", choices=("noise", "regeneration"))
-    p.add_argument("interventions", nargs="*", default=list(INTERVENTIONS), choices=INTERVENTIONS)
+    p.add_argument("interventions", nargs="*", help=f"any of {', '.join(INTERVENTIONS)} (default: all)")
     args = p.parse_args(argv)
+    unknown = [i for i in args.interventions if i not in INTERVENTIONS]
+    if unknown:  # checked here: argparse's choices reject an empty list on Python 3.11
+        p.error(f"unknown intervention {unknown[0]!r} (choose from {', '.join(INTERVENTIONS)})")
     cfg = from_dict({"memorization": {"detector": args.detector}}, base=load_config("memorization"))
-    for name in args.interventions:
+    for name in args.interventions or INTERVENTIONS:
         res = run_experiment(cfg, Path(args.out) / name, interventions=(name,), progress=True)[name]
         print(json.dumps({"intervention": name, **{k: v for k, v in res.items() if k != "curves"}}), flush=True)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 from torch.nn import functional as F
@@ -113,10 +114,10 @@ class TextToImage(nn.Module):
             with safe_open(str(path), "pt") as f:
                 meta = json.loads((f.metadata() or {})["govlab"])
             state = load_file(str(path))
-        except (KeyError, ValueError, OSError) as e:
+            model = from_metadata(meta)
+            model.load_state_dict(state)
+        except (KeyError, ValueError, TypeError, OSError, RuntimeError, SafetensorError) as e:
             raise GovlabError(f"{path}: not a govlab safetensors model ({e})") from None
-        model = from_metadata(meta)
-        model.load_state_dict(state)
         return model
 
 

@@ -8,12 +8,16 @@ from pathlib import Path
 from govlab.errors import GovlabError
 from govlab.hooks import EventLog
 from govlab.io import write_json, write_text
-from govlab.provenance.manifest import MANIFEST, write_manifest
+from govlab.provenance.manifest import MANIFEST, verify, write_manifest
 from govlab.provenance.optouts import OPTOUTS, read_optouts
 
 
+OUTPUTS = ("attestation.json", "attestation.md")
+
+
 def attest(run: str | Path, *, progress: bool = False) -> dict:
-    """Write ``attestation.json`` and ``attestation.md`` into the run (and re-seal its manifest)."""
+    """Write ``attestation.json`` and ``attestation.md`` into the run and re-seal its manifest;
+    refuses a run whose files no longer match the manifest (re-sealing would hide the change)."""
     from govlab.config import from_dict, read_yaml
     from govlab.data.cache import run_dataset
     from govlab.provenance.index import ProvenanceIndex
@@ -21,6 +25,13 @@ def attest(run: str | Path, *, progress: bool = False) -> dict:
     run = Path(run)
     if not (run / "config.yaml").is_file():
         raise GovlabError(f"{run}: not a govlab run directory (no config.yaml)")
+    sealed = (run / MANIFEST).is_file()
+    if sealed:
+        problems = [p for p in verify(run) if p.partition(": ")[2] not in OUTPUTS]
+        if problems:
+            raise GovlabError(f"{run}: the run does not match its {MANIFEST} ({'; '.join(problems[:3])}"
+                              f"{'; ...' if len(problems) > 3 else ''}); not attesting it (`govlab verify` "
+                              "lists every difference)")
     cfg = from_dict(read_yaml(run / "config.yaml"), where=str(run / "config.yaml"))
     records = run_dataset(cfg, progress=progress).records
     events = EventLog(run / "events.jsonl").read()
@@ -47,9 +58,9 @@ def attest(run: str | Path, *, progress: bool = False) -> dict:
               "categories": dict(Counter(c for r in records for c in r["categories"])),
               "sources": sources, "rejected_sources": sorted(rejected), "opt_outs": optouts,
               "index": index is not None}
-    write_json(run / "attestation.json", result)
-    write_text(run / "attestation.md", markdown(result))
-    if (run / MANIFEST).is_file():
+    write_json(run / OUTPUTS[0], result)
+    write_text(run / OUTPUTS[1], markdown(result))
+    if sealed:
         write_manifest(run)
     return result
 

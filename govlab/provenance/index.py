@@ -45,7 +45,8 @@ class ProvenanceIndex:
         """Open ``RUN/index.nc`` (or the per-sample parts); with ``check_model`` the index must
         match the run's model (structure hash) and config (hash)."""
         run = Path(run)
-        path, parts = run / INDEX, sorted((run / PARTS).glob("step_*.nc"))
+        path = run / INDEX
+        parts = sorted((run / PARTS).glob("step_*.nc"), key=lambda p: int(p.stem.removeprefix("step_")))
         if path.is_file():
             ds = check(_load(path), path)
         elif parts:
@@ -77,19 +78,26 @@ class ProvenanceIndex:
     # -- metadata ------------------------------------------------------------------------------
     @property
     def bands(self) -> dict[str, list[str]]:
+        """The modules of each band."""
         return json.loads(self.ds.attrs["bands_json"])
 
     @property
     def sources(self) -> list[str]:
+        """Every source of the run's data, also those with no rows in a per-sample index (rejected
+        at ingestion)."""
         if self.dim == "source":
             return [str(s) for s in self.ds["source"].values]
+        if "sources_json" in self.ds.attrs:
+            return json.loads(self.ds.attrs["sources_json"])
         return sorted({str(s) for s in self.ds["source_id"].values})
 
     def by_source(self) -> xr.Dataset:
-        """The figures per source (per-sample rows summed by their source)."""
+        """The figures per source (per-sample rows summed by their source; zeros for a source
+        without rows)."""
         ds = self.ds[list(REQUIRED_VARS)]
         if self.dim == "sample":
-            ds = ds.groupby(self.ds["source_id"].rename("source")).sum()
+            ds = ds.groupby(self.ds["source_id"].rename("source")).sum().reindex(source=self.sources,
+                                                                                fill_value=0)
         return ds
 
     def _source(self, source: str) -> None:

@@ -12,12 +12,14 @@ from govlab.io import sha256_file, sha256_json, write_json
 
 MANIFEST = "manifest.json"
 CHECKPOINT = re.compile(r"checkpoints/step_(\d+)\.safetensors")
+TEMPORARY = re.compile(r"\..+\.tmp")
 
 
 def artifacts(run: Path) -> list[str]:
-    """Every file of the run (relative paths), except the manifest and temporary files."""
-    return sorted(p.relative_to(run).as_posix() for p in run.rglob("*")
-                  if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+    """Every file of the run (relative paths), except its manifest and the temporary files of writes
+    in progress (``govlab.io.atomic_path``)."""
+    return sorted(rel for p in run.rglob("*") if p.is_file()
+                  and (rel := p.relative_to(run).as_posix()) != MANIFEST and not TEMPORARY.fullmatch(p.name))
 
 
 def chain(files: dict[str, str]) -> list[dict]:
@@ -48,10 +50,14 @@ def verify(run: str | Path) -> list[str]:
     if not path.is_file():
         raise GovlabError(f"{run}: no {MANIFEST} to verify against")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
         recorded, checkpoints, root = manifest["files"], manifest["checkpoints"], manifest["root"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise GovlabError(f"{path}: not a govlab manifest ({e})") from None
+    if not (isinstance(recorded, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in recorded.items())
+            and isinstance(checkpoints, list) and isinstance(root, str)):
+        raise GovlabError(f"{path}: not a govlab manifest ('files' must map paths to hashes, 'checkpoints' "
+                          "be a list and 'root' a hash)")
     problems = []
     if sha256_json({"files": recorded, "checkpoints": checkpoints}) != root:
         problems.append(f"changed: {MANIFEST} (root hash does not match its entries)")

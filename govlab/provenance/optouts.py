@@ -1,6 +1,7 @@
 """The opt-out registry (``optouts.jsonl``): consulted at ingestion, during and after training.
 
-Each line is ``{"source_id": str, "since": int, "scope": "training" | "all"}``. ``since`` is the
+Each line is ``{"source_id": str, "since": int, "scope": "training" | "all"}`` (scope optional,
+default ``training``). ``since`` is the
 training step from which the source may no longer change the model: 0 rejects its records at
 ingestion (logged to events.jsonl); a later step zeroes its samples' loss weight from that step on
 (its share of every gradient is then exactly 0) and drops its records from the next epoch.
@@ -20,6 +21,7 @@ from govlab.io import write_text
 
 OPTOUTS = "optouts.jsonl"
 SCOPES = ("training", "all")
+FIELDS = ("source_id", "since", "scope")  # scope is optional (default training)
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,12 @@ def read_optouts(path: str | Path, sources: list[str]) -> list[OptOut]:
     path = Path(path)
     if not path.is_file():
         raise GovlabError(f"{path}: opt-out registry not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise GovlabError(f"{path}: not UTF-8 text ({e})") from None
     out, seen = [], set()
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{n}"
@@ -45,7 +51,11 @@ def read_optouts(path: str | Path, sources: list[str]) -> list[OptOut]:
             raise GovlabError(f"{where}: not valid JSON ({e})") from None
         if not isinstance(rec, dict):
             raise GovlabError(f"{where}: expected a JSON object")
-        src, since, scope = rec.get("source_id"), rec.get("since", 0), rec.get("scope", "training")
+        for field in sorted(set(FIELDS[:2]) - set(rec)):
+            raise GovlabError(f"{where}: missing field {field!r} (each line holds {', '.join(FIELDS)})")
+        for field in sorted(set(rec) - set(FIELDS)):
+            raise GovlabError(f"{where}: unknown field {field!r} (each line holds {', '.join(FIELDS)})")
+        src, since, scope = rec["source_id"], rec["since"], rec.get("scope", "training")
         if not isinstance(src, str):
             raise GovlabError(f"{where}: field 'source_id' must be a string, got {src!r}")
         if src not in sources:

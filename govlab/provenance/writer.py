@@ -5,7 +5,8 @@ of its part of the batch loss, ``sum_{i in group} w_i l_i / B`` (the shares sum 
 optimizer sees, routing included). Per band the writer accumulates its squared norm
 (``grad_norm_sq``) and its inner product with the update the optimizer actually applied
 (``update_share``: the shares of a band sum to ``<g, delta>``), and counts ``steps_seen``. At each
-checkpoint the sums of the interval since the previous checkpoint are flushed to ``index.nc``.
+checkpoint the sums of the interval since the previous checkpoint are flushed to ``index.nc``
+(per source), or to one file per checkpoint under ``index.parts/`` (per sample).
 The shares come from the step's own backward (``govlab.provenance.layers``), routing on or off;
 for a model that path does not support (routing slots inside the UNet), from one extra backward
 per group in the batch (exact, slower).
@@ -129,7 +130,8 @@ class ProvenanceWriter(Hook):
         attrs = {"format": FORMAT, "granularity": self.cfg.granularity, "accumulation": "interval",
                  "model_hash": model_hash(model), "config_hash": trainer.cfg.hash(),
                  "govlab_version": govlab.__version__, "run_name": trainer.cfg.name,
-                 "bands_json": json.dumps(band_modules(band_of)), "routing_policy_json": json.dumps(routing),
+                 "bands_json": json.dumps(band_modules(band_of)), "sources_json": json.dumps(self.sources),
+                 "routing_policy_json": json.dumps(routing),
                  "provenance_config_json": json.dumps(asdict(self.cfg))}
         pending = self._pending
         self.setup(trainer.dataset.records, band_of, attrs)

@@ -234,3 +234,17 @@ def test_bad_decision_inputs_raise():
         correlated_bases(_pool(4.0, 5.0, 6.0), ["a", "b", "c", "d"])
     with pytest.raises(GovlabError, match="at least one prompt"):
         decide([], method="gaussian")
+
+
+def test_pool_hygiene_reports_none_where_the_pool_is_too_small_to_flag_a_pair():
+    from govlab.lineage.api import correlated_pairs
+    from govlab.lineage.decision import correlated_bases
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # 3 bases, 3 distances: none lies 1.64 standard deviations below their mean
+        d = rng.uniform(0.01, 1.0, 3)
+        matrix = np.array([[0, d[0], d[1]], [d[0], 0, d[2]], [d[1], d[2], 0]])
+        assert correlated_bases(matrix, ["a", "b", "c"]) == []
+    assert correlated_pairs({}, ["a", "b", "c"]) is None
+    four = np.array([[0, .01, 1, 1], [.01, 0, 1, 1], [1, 1, 0, 1], [1, 1, 1, 0]])  # 6 distances: can flag
+    assert correlated_bases(four, list("abcd")) == [("a", "b")]

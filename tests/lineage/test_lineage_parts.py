@@ -116,6 +116,17 @@ def test_failing_or_malformed_target_is_one_clear_error(cache):
         load_model(cache / "nowhere")
 
 
+def test_models_of_different_image_sizes_are_one_clear_error(cache):
+    from govlab.lineage.api import model_features
+
+    def sized(size):
+        return lambda prompts, seed: torch.zeros(len(prompts), 3, size, size, dtype=torch.uint8)
+
+    boxes = [load_model(sized(16), name="a"), load_model(sized(16), name="b"), load_model(sized(32), name="c")]
+    with pytest.raises(GovlabError, match="different sizes: a 16x16, b 16x16, c 32x32"):
+        model_features(boxes, ["a circle"], 4, extractor=Pixels())
+
+
 # --- features --------------------------------------------------------------------------------------------------
 
 

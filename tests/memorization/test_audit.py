@@ -67,7 +67,9 @@ def test_audit_without_data_access_is_one_error(smoke_run, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args, message", [(["-n", "0"], "-n must be >= 1"), (["--sample", "0"], "--sample must be >= 1")])
+@pytest.mark.parametrize("args, message", [(["-n", "0"], "-n must be >= 1"), (["--sample", "0"], "--sample must be >= 1"),
+                                           (["--steps", "0"], "--steps must be >= 1"),
+                                           (["--steps", "-1"], "--steps must be >= 1")])
 def test_audit_bad_counts(smoke_run, args, message):
     proc = govlab("audit-memorization", str(smoke_run), *args)
     assert proc.returncode == 2 and message in proc.stderr

@@ -119,9 +119,16 @@ def test_resume_restores_the_monitor(mem_cfg, smoke_dataset, tmp_path):
     assert (tmp_path / "a" / "events.jsonl").read_text() == (tmp_path / "b" / "events.jsonl").read_text()
 
 
-def test_watch_list_naming_unknown_samples_is_one_error(mem_cfg, smoke_dataset):
+def test_watch_list_naming_unknown_samples_is_one_error(mem_cfg, smoke_dataset, tmp_path):
     with pytest.raises(GovlabError, match=r"memorization.watch names unknown samples \[9999, 'nope.png'\]"):
         MemorizationMonitor(mem_cfg(watch=(1, 9999, "nope.png")).memorization, smoke_dataset)
+    from govlab.run import train_run
+
+    (tmp_path / "config.yaml").write_text("name: earlier\n")  # an earlier run: kept, the refusal comes first
+    (tmp_path / "report.md").write_text("an earlier run")
+    with pytest.raises(GovlabError, match="unknown samples"):
+        train_run(mem_cfg(watch=(9999,)), tmp_path, progress=False)
+    assert (tmp_path / "report.md").read_text() == "an earlier run"
 
 
 @pytest.mark.parametrize("section, message", [

@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from govlab.cli import app
+from govlab.errors import GovlabError
 from govlab.provenance.manifest import MANIFEST, artifacts, verify, write_manifest
 
 
@@ -60,3 +61,35 @@ def test_cli_verify_exit_code(run):
     (run / "config.yaml").write_text((run / "config.yaml").read_text() + "\n")
     bad = runner.invoke(app, ["verify", str(run)])
     assert bad.exit_code == 1 and "changed: config.yaml" in bad.stdout
+
+
+def test_verify_sees_hidden_and_nested_files_but_not_writes_in_progress(run):
+    (run / "checkpoints" / ".payload").write_text("x")
+    (run / "checkpoints" / MANIFEST).write_text("{}")
+    (run / ".index.nc.abc123.tmp").write_text("partial")  # an atomic write in progress
+    assert verify(run) == ["added: checkpoints/.payload", "added: checkpoints/manifest.json"]
+
+
+@pytest.mark.parametrize("text", ['{"files": null, "checkpoints": [], "root": "x"}',
+                                  '{"files": ["a"], "checkpoints": [], "root": "x"}',
+                                  '{"files": {}, "checkpoints": {}, "root": "x"}', "\xff\xfe"])
+def test_a_malformed_manifest_is_one_clear_error(run, text):
+    (run / MANIFEST).write_bytes(text.encode("latin-1"))
+    result = CliRunner().invoke(app, ["verify", str(run)])
+    assert result.exit_code != 0 and isinstance(result.exception, GovlabError)
+    assert "not a govlab manifest" in str(result.exception)
+
+
+def test_attest_refuses_to_reseal_a_changed_run(run):
+    runner = CliRunner()
+    assert runner.invoke(app, ["attest", str(run), "--json"]).exit_code == 0
+    assert verify(run) == []
+    assert runner.invoke(app, ["attest", str(run), "--json"]).exit_code == 0  # attesting again is fine
+    path = run / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    before = (run / MANIFEST).read_bytes()
+    result = runner.invoke(app, ["attest", str(run)])
+    assert isinstance(result.exception, GovlabError) and "changed: model.safetensors" in str(result.exception)
+    assert (run / MANIFEST).read_bytes() == before and verify(run) == ["changed: model.safetensors"]

@@ -43,6 +43,22 @@ def test_attestation(optout_run, tmp_path):
     assert "| artist_0 | 2 | all | True | 0.0 | True |" in (run / "attestation.md").read_text()
 
 
+def test_per_sample_index_attests_a_source_rejected_at_ingestion(tiny_cfg, tmp_path):
+    """A source with no rows in a per-sample index (rejected at step 0) still has its zero proof."""
+    registry = tmp_path / "optouts.jsonl"
+    registry.write_text('{"source_id": "artist_1", "since": 0}\n')
+    cfg = from_dict({"provenance": {"optouts": str(registry), "granularity": "sample"},
+                     "train": {"steps": 2}}, base=tiny_cfg)
+    train_run(cfg, tmp_path / "run", progress=False)
+    index = ProvenanceIndex.open(tmp_path / "run")
+    assert "artist_1" in index.sources and "artist_1" not in set(index.ds["source_id"].values)
+    assert index.bands_of("artist_1")["steps_seen"] == [0]
+    a = attest(tmp_path / "run")
+    proof = {o["source_id"]: o for o in a["opt_outs"]}["artist_1"]["proof"]
+    assert proof["max_grad_norm_sq"] == 0.0 and proof["zero_influence"] is True
+    assert index.bands_of("artist_0")["steps_seen"][0] > 0
+
+
 def test_unknown_source_is_one_clear_error_and_nothing_is_overwritten(tiny_cfg, optout_run, tmp_path):
     registry = tmp_path / "optouts.jsonl"
     registry.write_text('{"source_id": "nobody", "since": 0}\n')
@@ -58,11 +74,15 @@ def test_unknown_source_is_one_clear_error_and_nothing_is_overwritten(tiny_cfg, 
 
 @pytest.mark.parametrize("line, message", [
     ('{"source_id": "artist_0", "since": -1}', "field 'since' must be a training step"),
-    ('{"source_id": "artist_0", "scope": "forever"}', "field 'scope' must be one of"),
+    ('{"source_id": "artist_0", "since": 0, "scope": "forever"}', "field 'scope' must be one of"),
+    ('{"source_id": "artist_0", "scope": "all"}', "optouts.jsonl:1: missing field 'since'"),
+    ('{"since": 3}', "missing field 'source_id'"),
+    ('{"source_id": "artist_0", "since": 0, "scpoe": "all"}', "unknown field 'scpoe'"),
     ('not json', "not valid JSON"),
+    ('{"source_id": "artist_\xff", "since": 0}', "not UTF-8"),
 ])
 def test_bad_registry_lines(tmp_path, line, message):
     registry = tmp_path / "optouts.jsonl"
-    registry.write_text(line + "\n")
+    registry.write_bytes((line + "\n").encode("latin-1"))
     with pytest.raises(GovlabError, match=message):
         read_optouts(registry, ["artist_0"])
