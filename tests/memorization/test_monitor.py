@@ -39,12 +39,20 @@ def test_monitor_only_leaves_training_unchanged(mem_cfg, smoke_cfg, smoke_datase
 
 
 def test_calibrated_threshold_flags_only_outliers(mem_cfg, smoke_dataset, tmp_path):
-    t = trainer(mem_cfg(intervention="none"), smoke_dataset, tmp_path).fit()
-    mon = t.hooks[0]
-    scores = torch.tensor(list(mon.latest_scores.values()))
-    assert scores.min() < mon.threshold  # median + k * MAD is above the median
-    assert all(mon.latest_scores[r] > h for r, h in ((r, mon.threshold) for r in mon.flagged
-                                                     if mon.flagged[r] == 11))
+    from govlab.memorization.monitor import calibrate
+
+    t = trainer(mem_cfg(intervention="none", calibrate_k=1.0), smoke_dataset, tmp_path).fit()  # k=1: some flag
+    mon, k = t.hooks[0], t.cfg.memorization.calibrate_k
+    assert [h["step"] for h in mon.history] == [3, 7, 11]
+    before: set[int] = set()
+    for h in mon.history:  # watch: all, so each check rescored every row
+        per_caption = {mon.keys[r]: s for r, s in h["scores"].items()}
+        assert h["threshold"] == pytest.approx(max(calibrate(list(per_caption.values()), k), 0.0))
+        above = {r for r, s in h["scores"].items() if s > h["threshold"]}
+        assert {r for r, step in mon.flagged.items() if step == h["step"]} == above - before
+        assert len(above) < len(smoke_dataset) / 2  # outliers only
+        before |= above
+    assert mon.flagged  # the check above is not vacuous
 
 
 def test_calibrated_regeneration_threshold_stays_between_the_criteria(smoke_dataset):

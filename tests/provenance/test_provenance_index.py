@@ -68,6 +68,11 @@ def test_per_sample_streams_one_file_per_checkpoint(tiny_cfg, smoke_dataset, tmp
     cohort = ProvenanceIndex.open(tmp_path / "cohort", check_model=False).by_source()
     per_sample = index.by_source().sel(source=cohort["source"].values)
     np.testing.assert_array_equal(per_sample["steps_seen"].values > 0, cohort["steps_seen"].values > 0)
+    # a source's share of the update is the sum of its samples' (linear in the gradient); the squared
+    # norm is not (per sample: the sum of the samples' squared norms)
+    np.testing.assert_allclose(per_sample["update_share"].values, cohort["update_share"].values,
+                               rtol=1e-4, atol=1e-12)
+    assert (per_sample["update_share"] != 0).any()
 
 
 def test_cohort_size_does_not_grow_with_samples(tmp_path):
