@@ -169,5 +169,5 @@ def test_experiment_command_refuses_an_unknown_intervention(tmp_path, capsys):
 
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path), "forget"])
-    assert e.value.code != 0 and "invalid choice: 'forget'" in capsys.readouterr().err
+    assert e.value.code != 0 and "unknown intervention 'forget'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
