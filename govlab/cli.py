@@ -128,7 +128,7 @@ def query(run: Path, source: Optional[str] = typer.Option(None, help="Which band
 @app.command()
 def attribute(run: Path, prompt: str = typer.Option(..., help="Prompt whose generations to attribute."),
               method: str = typer.Option("structural", help="Attribution method (structural, tracin, dtrak)."),
-              n: int = typer.Option(4, "-n", help="Generations per ablation."),
+              n: int = typer.Option(4, "-n", help="Generations of the prompt (the images attributed)."),
               steps: int = typer.Option(8, help="Sampler steps."),
               seed: int = typer.Option(0, help="Sampling seed."),
               as_json: bool = JSON):
@@ -136,6 +136,9 @@ def attribute(run: Path, prompt: str = typer.Option(..., help="Prompt whose gene
     import govlab.attribution.api  # noqa: F401  (registers tracin, dtrak)
     from govlab.provenance.attribute import attribute as run_attribution
 
+    for name, value in (("-n", n), ("--steps", steps)):
+        if value < 1:
+            raise GovlabError(f"{name} must be >= 1, got {value}")
     r = run_attribution(run_dir(run), prompt, method=method, n=n, steps=steps, seed=seed)
     emit(r, as_json, "\n".join(f"{s['source']:16s} {s['score']:.6f}" for s in r["sources"])
          + f"\n({method}, {r['time_s']} s)")

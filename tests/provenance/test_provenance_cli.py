@@ -52,3 +52,9 @@ def test_attest_reseals_the_manifest(run):
     a = last_json(runner.invoke(app, ["attest", str(run), "--json"]))
     assert (run / "attestation.md").is_file() and a["rejected_sources"] == ["artist_1"]
     assert runner.invoke(app, ["verify", str(run)]).exit_code == 0
+
+
+@pytest.mark.parametrize("args, message", [(["-n", "0"], "-n must be >= 1"), (["--steps", "0"], "--steps must be >= 1")])
+def test_attribute_bad_counts(run, args, message):
+    bad = CliRunner().invoke(app, ["attribute", str(run), "--prompt", "a red circle", *args])
+    assert bad.exit_code != 0 and message in str(bad.exception)
