@@ -47,11 +47,12 @@ def model_features(boxes: list[BlackBox], prompts: list[str], k: int, *, extract
                    seed: int = 0) -> Features:
     """Features of ``k`` samples per (prompt, model); every model's images must have one size."""
     sample_all(boxes, prompts, k, seed=seed)
-    sizes = {b.name: tuple(sample(b, prompts[0], k, seed=seed).shape[-2:]) for b in boxes}
+    images = {p: {b.name: sample(b, p, k, seed=seed) for b in boxes} for p in prompts}
+    sizes = {n: tuple(x.shape[-2:]) for n, x in images[prompts[0]].items()}
     if len(set(sizes.values())) > 1:
         raise GovlabError("models generate images of different sizes: "
                           + ", ".join(f"{n} {h}x{w}" for n, (h, w) in sizes.items()))
-    return {p: {b.name: extract(extractor, sample(b, p, k, seed=seed)) for b in boxes} for p in prompts}
+    return {p: {n: extract(extractor, x) for n, x in by_model.items()} for p, by_model in images.items()}
 
 
 def lineage_from_features(features: Features, pool: list[str], target: str, *, method: str = "gaussian",

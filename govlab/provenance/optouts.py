@@ -1,10 +1,10 @@
 """The opt-out registry (``optouts.jsonl``): consulted at ingestion, during and after training.
 
-Each line is ``{"source_id": str, "since": int, "scope": "training" | "all"}`` (scope optional,
-default ``training``). ``since`` is the
-training step from which the source may no longer change the model: 0 rejects its records at
-ingestion (logged to events.jsonl); a later step zeroes its samples' loss weight from that step on
-(its share of every gradient is then exactly 0) and drops its records from the next epoch.
+Each line is ``{"source_id": str, "since": int, "scope": "training" | "all"}`` (``scope`` may be
+left out: ``training``). ``since`` is the training step from which the source may no longer change
+the model: 0 rejects its records at ingestion (logged to events.jsonl); a later step zeroes its
+samples' loss weight from that step on (its share of every gradient is then exactly 0) and drops its
+records from the next epoch.
 ``scope: all`` also attenuates the source's routing slot to 0 after training (recorded).
 """
 
@@ -51,10 +51,10 @@ def read_optouts(path: str | Path, sources: list[str]) -> list[OptOut]:
             raise GovlabError(f"{where}: not valid JSON ({e})") from None
         if not isinstance(rec, dict):
             raise GovlabError(f"{where}: expected a JSON object")
-        for field in sorted(set(FIELDS[:2]) - set(rec)):
-            raise GovlabError(f"{where}: missing field {field!r} (each line holds {', '.join(FIELDS)})")
-        for field in sorted(set(rec) - set(FIELDS)):
-            raise GovlabError(f"{where}: unknown field {field!r} (each line holds {', '.join(FIELDS)})")
+        missing, unknown = [f for f in FIELDS[:2] if f not in rec], sorted(set(rec) - set(FIELDS))
+        if missing or unknown:
+            problem = f"missing field {missing[0]!r}" if missing else f"unknown field {unknown[0]!r}"
+            raise GovlabError(f"{where}: {problem} (each line holds {', '.join(FIELDS)})")
         src, since, scope = rec["source_id"], rec["since"], rec.get("scope", "training")
         if not isinstance(src, str):
             raise GovlabError(f"{where}: field 'source_id' must be a string, got {src!r}")
