@@ -4,7 +4,8 @@ Bases differ in seed, width, architecture and data mixture. Fine-tunes cover the
 scenarios: full fine-tune on a new distribution and on the original one, LoRA (peft), repeated
 fine-tunes, a lower learning rate; the outsider (and a fine-tune of it) must come out NULL.
 Layout: ``DIR/pool/<base>/`` and ``DIR/targets/<name>/`` (govlab run directories) and
-``DIR/zoo.json``, written last. Finished models are kept when a build is repeated.
+``DIR/zoo.json``, written last. A repeated build keeps each finished model whose recipe, its
+ancestors' recipes and the world version are unchanged (``recipe.json``), and redoes the others.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def build_zoo(out: str | Path, *, quick: bool = True, progress: bool = True, pol
 
     def done(r: Recipe) -> bool:
         stamp = where(r) / "recipe.json"
-        return stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(asdict(r)))
+        return stamp.is_file() and json.loads(stamp.read_text()) == recipe_stamp(r, by_name)
 
     pending = list(todo)
     with tqdm(total=len(todo), desc="zoo", disable=not progress) as bar:
@@ -171,7 +172,7 @@ def build_zoo(out: str | Path, *, quick: bool = True, progress: bool = True, pol
                                 _train_scratch(r, where(r))
                             else:
                                 _fine_tune(r, by_name[r.parent], where(by_name[r.parent]), where(r))
-                            write_json(where(r) / "recipe.json", asdict(r))
+                            write_json(where(r) / "recipe.json", recipe_stamp(r, by_name))
                 except Timeout:  # another process is training it
                     continue
                 pending.remove(r)
@@ -193,6 +194,16 @@ def cached_zoo(*, quick: bool = True, progress: bool = False) -> Zoo:
     if not (root / "zoo.json").is_file():
         build_zoo(root, quick=quick, progress=progress)
     return Zoo.open(root)
+
+
+def recipe_stamp(r: Recipe, by_name: dict[str, Recipe]) -> dict:
+    """What a finished model's ``recipe.json`` holds: the world version and the recipes of the
+    model and of each of its ancestors, so that changing a parent's recipe redoes its fine-tunes."""
+    lineage = [asdict(r)]
+    while r.parent is not None:
+        r = by_name[r.parent]
+        lineage.append(asdict(r))
+    return json.loads(json.dumps({"world": WORLD_VERSION, "lineage": lineage}))
 
 
 def _expected(r: Recipe, by_name: dict[str, Recipe]) -> str | None:

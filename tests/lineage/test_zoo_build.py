@@ -2,7 +2,7 @@
 
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import replace
 
 from filelock import FileLock
 
@@ -34,11 +34,39 @@ def test_zoo_build_passes_over_a_model_another_process_holds(tmp_path, monkeypat
         time.sleep(0.02)
     time.sleep(0.2)
     assert trained == ["base_b"]  # base_a is held, and its fine-tune waits for it
-    write_json(base_a / "recipe.json", asdict(recipes[0]))  # the other process finishes base_a
+    by_name = {r.name: r for r in recipes}
+    write_json(base_a / "recipe.json", Z.recipe_stamp(recipes[0], by_name))  # the other process finishes base_a
     other.release()
     builder.join(20)
     assert not builder.is_alive() and trained == ["base_b", "a_ft"]
     assert Z.Zoo.open(out).get("a_ft").expected == "base_a"
+
+
+def test_rebuild_redoes_the_fine_tunes_of_a_changed_parent_and_keeps_the_rest(tmp_path, monkeypatch):
+    recipes = [Z.Recipe("base_a", "base", {"train": {"seed": 0}}), Z.Recipe("base_b", "base", {}),
+               Z.Recipe("a_ft", "fine-tune", {}, parent="base_a"),
+               Z.Recipe("a_ft_ft", "fine-tune", {}, parent="a_ft"), Z.Recipe("b_ft", "fine-tune", {}, parent="base_b")]
+    trained = []
+
+    def train(r, path):
+        path.mkdir(parents=True, exist_ok=True)
+        trained.append(r.name)
+
+    monkeypatch.setattr(Z, "recipes", lambda quick=True: recipes)
+    monkeypatch.setattr(Z, "_train_scratch", train)
+    monkeypatch.setattr(Z, "_fine_tune", lambda r, parent, parent_path, path: train(r, path))
+    Z.build_zoo(tmp_path, progress=False)
+    assert sorted(trained) == sorted(r.name for r in recipes)
+    trained.clear()
+    Z.build_zoo(tmp_path, progress=False)
+    assert trained == []  # nothing changed: everything kept
+    recipes[0] = replace(recipes[0], config={"train": {"seed": 1}})
+    Z.build_zoo(tmp_path, progress=False)
+    assert trained == ["base_a", "a_ft", "a_ft_ft"]  # the changed base and its descendants, in order
+    trained.clear()
+    monkeypatch.setattr(Z, "WORLD_VERSION", "another world")
+    Z.build_zoo(tmp_path, progress=False)
+    assert sorted(trained) == sorted(r.name for r in recipes)
 
 
 def test_build_once_without_waiting_passes_over_an_entry_another_process_holds(tmp_path):
