@@ -104,8 +104,9 @@ def js_knn(a: np.ndarray, b: np.ndarray, *, k: int = 5) -> float:
 
     With ``eta(x) = p_a / (p_a + p_b)``, ``JS = ln 2 + 1/2 E_a[ln eta] + 1/2 E_b[ln(1 - eta)]``.
     ``eta`` is estimated at each pooled sample from its ``k`` nearest other
-    samples (class counts divided by class sizes, each count +1/2 so that it
-    is never 0 or 1). The estimate is clipped to ``[0, ln 2]``, the range of JS.
+    samples (class counts divided by the number of candidates of each class, which
+    for the sample's own class excludes the sample; each count +1/2 so that
+    ``eta`` is never 0 or 1). The estimate is clipped to ``[0, ln 2]``, the range of JS.
     """
     x, y = _as_samples("a", a), _as_samples("b", b)
     if x.shape[1] != y.shape[1]:
@@ -190,8 +191,9 @@ def _knn_js(sq: np.ndarray, n_a: int, k: int) -> float:
     np.fill_diagonal(sq, np.inf)
     neighbours = np.argpartition(sq, k - 1, axis=1)[:, :k]
     from_a = (neighbours < n_a).sum(axis=1)
-    rate_a = (from_a + 0.5) / n_a
-    rate_b = (k - from_a + 0.5) / n_b
+    in_a = np.arange(n) < n_a  # a sample is not its own neighbour: its set offers one fewer
+    rate_a = (from_a + 0.5) / (n_a - in_a)
+    rate_b = (k - from_a + 0.5) / (n_b - ~in_a)
     eta = rate_a / (rate_a + rate_b)
     value = LN2 + 0.5 * np.log(eta[:n_a]).mean() + 0.5 * np.log1p(-eta[n_a:]).mean()
     return float(np.clip(value, 0.0, LN2))

@@ -189,7 +189,8 @@ def build_zoo(out: str | Path, *, quick: bool = True, progress: bool = True, pol
 def cached_zoo(*, quick: bool = True, progress: bool = False) -> Zoo:
     """The zoo built once under the govlab cache, keyed by its recipes (processes asking for it at
     the same time share the training)."""
-    key = sha256_json({"world": WORLD_VERSION, "recipes": [asdict(r) for r in recipes(quick=quick)]})[:16]
+    key = sha256_json({"world": WORLD_VERSION, "recipes": [asdict(r) for r in recipes(quick=quick)],
+                       "stamp": "lineage"})[:16]
     root = cache_dir("zoo", key)
     if not (root / "zoo.json").is_file():
         build_zoo(root, quick=quick, progress=progress)

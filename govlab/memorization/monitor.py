@@ -206,17 +206,30 @@ class MemorizationMonitor(Hook):
                                       for h in self.history]})
 
     def state_dict(self) -> dict:
-        return {"threshold": self.threshold, "flagged": dict(self.flagged), "latest": dict(self.latest_scores),
-                "history": self.history, "cursor": self.cursor, "rng": self.rng.get_state(),
-                "applied": {a: sorted(r) for a, r in self.applied.items()}}
+        """The monitor's state; its per-row figures as tensors (which do not grow the checkpoint's
+        JSON header, capped by safetensors, with the dataset and the number of checks)."""
+        h = self.history
+        return {"threshold": self.threshold, "cursor": self.cursor, "rng": self.rng.get_state(),
+                "flagged": _pairs(self.flagged, torch.int64), "latest": _pairs(self.latest_scores, torch.float64),
+                "history_step": torch.tensor([e["step"] for e in h], dtype=torch.int64),
+                "history_threshold": torch.tensor([e["threshold"] for e in h], dtype=torch.float64),
+                "history_scores": [_pairs(e["scores"], torch.float64) for e in h],
+                "applied": {a: torch.tensor(sorted(r), dtype=torch.int64) for a, r in self.applied.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.threshold, self.cursor = state["threshold"], state["cursor"]
-        self.flagged = {int(r): int(s) for r, s in state["flagged"].items()}
-        self.latest_scores = {int(r): float(s) for r, s in state["latest"].items()}
-        self.history = [{**h, "scores": {int(r): float(s) for r, s in h["scores"].items()}} for h in state["history"]]
+        self.flagged = {int(r): int(s) for r, s in zip(*state["flagged"])}
+        self.latest_scores = {int(r): float(s) for r, s in zip(*state["latest"])}
+        self.history = [{"step": int(step), "threshold": float(t), "scores": {int(r): float(s) for r, s in zip(*p)}}
+                        for step, t, p in zip(state["history_step"], state["history_threshold"],
+                                              state["history_scores"])]
         self.rng.set_state(state["rng"])
-        self.applied = {a: set(r) for a, r in state["applied"].items()}
+        self.applied = {a: set(r.tolist()) for a, r in state["applied"].items()}
+
+
+def _pairs(d: dict, dtype: torch.dtype) -> list[torch.Tensor]:
+    """A dict of row -> value as two tensors (rows, values), in the dict's order."""
+    return [torch.tensor(list(d), dtype=torch.int64), torch.tensor(list(d.values()), dtype=dtype)]
 
 
 def read_monitor(run: str | Path) -> dict:

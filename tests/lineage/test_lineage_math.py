@@ -85,6 +85,17 @@ def test_knn_bounded_and_monotone_in_shift():
     assert values[0] < 0.05 and values[-1] > 0.5
 
 
+def test_knn_rates_exclude_the_sample_itself():
+    """Two sets far apart: every sample's k neighbours are of its own set, of which it sees
+    n - 1 others; the estimate follows in closed form."""
+    a, b = np.arange(8.0)[:, None], 1000 + np.arange(12.0)[:, None]
+    k = 3
+    eta_a = ((k + 0.5) / 7) / ((k + 0.5) / 7 + 0.5 / 12)  # p_a / (p_a + p_b) at a sample of a
+    eta_b = (0.5 / 8) / (0.5 / 8 + (k + 0.5) / 11)
+    expected = LN2 + 0.5 * np.log(eta_a) + 0.5 * np.log(1 - eta_b)
+    assert js_knn(a, b, k=k) == pytest.approx(expected, rel=1e-12)
+
+
 # --- Isomap and pairwise distances --------------------------------------------------------
 
 

@@ -27,8 +27,9 @@ def test_zoo_has_the_recipes_it_promises(quick_zoo):
     roles = {m.name: m.role for m in quick_zoo.models}
     assert sum(r == "base" for r in roles.values()) >= 6 and roles["outsider"] == "outsider"
     assert {m.expected for m in quick_zoo.targets} == {"base_a", "base_b", "base_c", "base_d", "base_e", None}
-    configs = {m.name: json.loads((quick_zoo.root / m.path / "recipe.json").read_text())
+    configs = {m.name: json.loads((quick_zoo.root / m.path / "recipe.json").read_text())["lineage"][0]
                for m in quick_zoo.models}
+    assert configs["c_twice"]["parent"] == "base_c"
     seeds = {configs[b.name]["config"]["train"]["seed"] for b in quick_zoo.bases}
     assert len(seeds) == len(quick_zoo.bases)
     model = {n: configs[n]["config"]["model"] for n in ("base_a", "base_c", "base_d")}

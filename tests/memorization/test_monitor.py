@@ -1,6 +1,7 @@
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,7 +125,34 @@ def test_resume_restores_the_monitor(mem_cfg, smoke_dataset, tmp_path):
     a, b = straight.hooks[0], resumed.hooks[0]
     assert a.latest_scores == pytest.approx(b.latest_scores) and a.flagged == b.flagged
     assert a.cursor == b.cursor and a.threshold == pytest.approx(b.threshold)
+    assert a.history == b.history and a.applied == b.applied and len(a.history) > 1
     assert (tmp_path / "a" / "events.jsonl").read_text() == (tmp_path / "b" / "events.jsonl").read_text()
+
+
+def test_monitor_state_keeps_its_per_row_figures_out_of_the_checkpoint_header(mem_cfg, smoke_dataset, tmp_path):
+    """Scores of many rows over many checks go into tensors: the JSON header safetensors caps stays
+    small, and the state comes back exactly."""
+    from safetensors import safe_open
+
+    from govlab.checkpoint import load_state, save_state
+
+    monitor = MemorizationMonitor(mem_cfg().memorization, smoke_dataset)
+    rng = np.random.default_rng(0)
+    rows = 20_000
+    monitor.history = [{"step": s, "threshold": float(rng.random()),
+                        "scores": {int(r): float(v) for r, v in zip(rng.permutation(rows), rng.random(rows))}}
+                       for s in range(10)]
+    monitor.latest_scores = dict(monitor.history[-1]["scores"])
+    monitor.flagged = {int(r): 3 for r in rng.permutation(rows)[:500]}
+    monitor.applied = {"attenuate": set(range(0, rows, 7))}
+    save_state(tmp_path / "state.safetensors", {"hooks": [monitor.state_dict()]})
+    with safe_open(str(tmp_path / "state.safetensors"), "pt") as f:
+        assert len(f.metadata()["govlab_state"]) < 5_000
+    restored = MemorizationMonitor(mem_cfg().memorization, smoke_dataset)
+    restored.load_state_dict(load_state(tmp_path / "state.safetensors")["hooks"][0])
+    assert restored.history == monitor.history and restored.latest_scores == monitor.latest_scores
+    assert list(restored.history[3]["scores"]) == list(monitor.history[3]["scores"])  # row order kept
+    assert restored.flagged == monitor.flagged and restored.applied == monitor.applied
 
 
 def test_watch_list_naming_unknown_samples_is_one_error(mem_cfg, smoke_dataset, tmp_path):
