@@ -151,13 +151,17 @@ class Trainer:
             raise GovlabError(f"{self.out / CHECKPOINT}: saved with {len(state['hooks'])} governance "
                               f"hooks, this run has {len(self.hooks)}; cannot resume")
         self.step = state["step"]
-        self.model.load_state_dict(state["model"])
+        for h, s in zip(self.hooks, state["hooks"]):  # first: a hook may refuse the resume, naming why
+            h.load_state_dict(s)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise GovlabError(f"{self.out / CHECKPOINT}: its weights do not fit this run's model (was its "
+                              f"data or opt-out registry changed?): {str(e).splitlines()[-1].strip()}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.rng.set_state(state["rng"])
-        for h, s in zip(self.hooks, state["hooks"]):
-            h.load_state_dict(s)
 
     def checkpoint(self) -> None:
         save_state(self.out / CHECKPOINT, self.state_dict())

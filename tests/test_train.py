@@ -41,6 +41,16 @@ def test_resume_refuses_another_config(cfg, smoke_dataset, tmp_path):
         Trainer(other, smoke_dataset, tmp_path, progress=False).fit(resume=True)
 
 
+def test_resume_refuses_weights_that_do_not_fit_the_model(cfg, smoke_dataset, tmp_path):
+    """Same config, other data (a source's records gone: its caption words leave the vocabulary)."""
+    Trainer(cfg, smoke_dataset, tmp_path, progress=False).fit(until=3)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    fewer = smoke_dataset.subset([i for i, r in enumerate(smoke_dataset.records) if r["source_id"] != "artist_1"])
+    with pytest.raises(GovlabError, match=r"checkpoint.safetensors: its weights do not fit this run's model"):
+        Trainer(cfg, fewer, tmp_path, progress=False).fit(resume=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
 class Recorder(Hook):
     def __init__(self):
         self.calls, self.n = [], 0

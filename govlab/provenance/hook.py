@@ -16,7 +16,7 @@ def attach(cfg, dataset: Dataset, sources: list[str]) -> tuple[Dataset, list[Hoo
     if p.optouts:
         optouts = read_optouts(p.optouts, sources)
         dataset, rejected = ingest(dataset, optouts)
-        hooks.append(OptOutHook(optouts, rejected, Path(p.optouts).read_text()))
+        hooks.append(OptOutHook(optouts, rejected, Path(p.optouts).read_text(), path=p.optouts))
     if p.enabled:
         hooks.append(ProvenanceWriter(p, sources))
     return dataset, hooks

@@ -71,6 +71,10 @@ def read_optouts(path: str | Path, sources: list[str]) -> list[OptOut]:
     return out
 
 
+def _said(o: OptOut | None) -> str:
+    return "no opt-out" if o is None else f"an opt-out since step {o.since}"
+
+
 def ingest(dataset: Dataset, optouts: list[OptOut]) -> tuple[Dataset, list[dict]]:
     """Drop the records of sources opted out from step 0; returns the rejections."""
     gone = {o.source_id for o in optouts if o.since == 0}
@@ -82,10 +86,19 @@ def ingest(dataset: Dataset, optouts: list[OptOut]) -> tuple[Dataset, list[dict]
 
 class OptOutHook(Hook):
     """Honours the registry during training and after it (see the module docstring); ``text`` is
-    the registry as read, copied into the run (``optouts.jsonl``) so that the run can attest it."""
+    the registry as read from ``path``, copied into the run (``optouts.jsonl``) so that the run can
+    attest it.
 
-    def __init__(self, optouts: list[OptOut], rejected: list[dict] = (), text: str | None = None):
-        self.optouts, self.rejected, self.text = list(optouts), list(rejected), text
+    A resumed run may take an edited registry only where the edit acts from the checkpoint on: an
+    opt-out that took effect before the checkpoint (``since`` below its step, in the registry the
+    run was trained under or in the new one) must be unchanged, else the resume is refused (the
+    index's proof of zero influence from ``since`` on would not hold).
+    """
+
+    def __init__(self, optouts: list[OptOut], rejected: list[dict] = (), text: str | None = None,
+                 path: str | Path = OPTOUTS):
+        self.optouts, self.rejected, self.text, self.path = list(optouts), list(rejected), text, path
+        self.steps_done = 0
 
     def on_start(self, trainer) -> None:
         if self.text is not None:
@@ -106,6 +119,26 @@ class OptOutHook(Hook):
             mask = [r["source_id"] == o.source_id for r in ctx.records]
             if any(mask):
                 ctx.weights = ctx.weights.masked_fill(ctx.weights.new_tensor(mask, dtype=bool), 0.0)
+
+    def after_step(self, ctx) -> None:
+        self.steps_done = ctx.step + 1
+
+    def state_dict(self) -> dict:
+        return {"steps_done": self.steps_done,
+                "registry": [[o.source_id, o.since, o.scope] for o in self.optouts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        step = self.steps_done = state["steps_done"]
+        then = {src: OptOut(src, since, scope) for src, since, scope in state["registry"]}
+        now = {o.source_id: o for o in self.optouts}
+        for src in sorted(set(then) | set(now)):
+            old, new = then.get(src), now.get(src)
+            past = any(o is not None and o.since < step for o in (old, new))
+            if past and (old is None or new is None or old.since != new.since):
+                raise GovlabError(
+                    f"{self.path}: source {src!r} has {_said(new)}, but the run was trained up to its "
+                    f"checkpoint at step {step} with {_said(old)}; an opt-out added or changed on resume "
+                    f"must act from step {step} on (since >= {step}), or train afresh")
 
     def on_end(self, trainer) -> None:
         from govlab.routing.slots import scale_slot, slot_names

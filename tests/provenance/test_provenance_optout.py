@@ -86,3 +86,40 @@ def test_bad_registry_lines(tmp_path, line, message):
     registry.write_bytes((line + "\n").encode("latin-1"))
     with pytest.raises(GovlabError, match=message):
         read_optouts(registry, ["artist_0"])
+
+
+def _fit_with_registry(cfg, dataset, out, registry, **kw):
+    from govlab.provenance.hook import attach as attach_provenance
+    from govlab.routing import attach
+    from govlab.train import Trainer
+
+    cfg = from_dict({"provenance": {"optouts": str(registry)}}, base=cfg)
+    data, routing = attach(cfg, dataset)
+    data, provenance = attach_provenance(cfg, data, dataset.sources)
+    return Trainer(cfg, data, out, hooks=[*routing, *provenance], progress=False).fit(**kw)
+
+
+def test_resume_takes_an_opt_out_from_its_checkpoint_on_and_refuses_one_in_the_past(tiny_cfg, smoke_dataset,
+                                                                                    tmp_path):
+    registry, run = tmp_path / "optouts.jsonl", tmp_path / "run"
+    registry.write_text('{"source_id": "artist_1", "since": 0}\n')
+    _fit_with_registry(tiny_cfg, smoke_dataset, run, registry, until=2)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for edit, message in [
+        ('{"source_id": "artist_1", "since": 0}\n{"source_id": "artist_0", "since": 1}\n',
+         "source 'artist_0' has an opt-out since step 1, but the run was trained up to its checkpoint at "
+         "step 2 with no opt-out"),
+        ('{"source_id": "artist_0", "since": 2}\n', "source 'artist_1' has no opt-out"),
+        ('{"source_id": "artist_1", "since": 3}\n', "source 'artist_1' has an opt-out since step 3"),
+    ]:
+        registry.write_text(edit)
+        with pytest.raises(GovlabError, match=f"optouts.jsonl: {message}"):
+            _fit_with_registry(tiny_cfg, smoke_dataset, run, registry, resume=True)
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing touched
+    registry.write_text('{"source_id": "artist_1", "since": 0}\n{"source_id": "artist_0", "since": 2}\n')
+    _fit_with_registry(tiny_cfg, smoke_dataset, run, registry, resume=True)  # from the checkpoint on: taken
+    assert [e["step"] for e in EventLog(run / "events.jsonl").read() if e["event"] == "opt_out"] == [2]
+    assert (run / "optouts.jsonl").read_text() == registry.read_text()
+    index = ProvenanceIndex.open(run, check_model=False)
+    assert index.zero_since("artist_0", 2)["zero_influence"] is True
+    assert float(index.ds["grad_norm_sq"].sel(source="artist_0", checkpoint=2).sum()) > 0.0
