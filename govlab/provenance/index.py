@@ -30,7 +30,28 @@ def check(ds: xr.Dataset, where: Path) -> xr.Dataset:
     missing = [v for v in REQUIRED_VARS if v not in ds]
     if missing:
         raise GovlabError(f"{where}: provenance index lacks variable {missing[0]!r}")
+    dim = "source" if "source" in ds["steps_seen"].dims else "sample"
+    for var, dims in (("grad_norm_sq", (dim, "band", "checkpoint")), ("update_share", (dim, "band", "checkpoint")),
+                      ("steps_seen", (dim, "checkpoint"))):
+        if ds[var].dims != dims:
+            raise GovlabError(f"{where}: variable {var!r} has dimensions {ds[var].dims}, expected {dims}")
+    if dim == "sample" and "source_id" not in ds.coords:
+        raise GovlabError(f"{where}: per-sample provenance index lacks coordinate 'source_id'")
+    try:
+        json.loads(ds.attrs["bands_json"])
+    except (KeyError, TypeError, ValueError):
+        raise GovlabError(f"{where}: provenance index lacks a JSON attribute 'bands_json'") from None
     return ds
+
+
+def _same_attrs(parts: list[tuple[Path, xr.Dataset]]) -> None:
+    """Per-sample parts of one index carry the same attributes (model, config, bands, sources)."""
+    first_path, first = parts[0]
+    for path, ds in parts[1:]:
+        differ = sorted(k for k in set(first.attrs) | set(ds.attrs) if first.attrs.get(k) != ds.attrs.get(k))
+        if differ:
+            raise GovlabError(f"{path}: attribute {differ[0]!r} differs from {first_path.name}'s; the parts "
+                              f"of {PARTS}/ come from different trainings")
 
 
 class ProvenanceIndex:
@@ -50,7 +71,9 @@ class ProvenanceIndex:
         if path.is_file():
             ds = check(_load(path), path)
         elif parts:
-            ds = xr.concat([check(_load(p), p) for p in parts], dim="checkpoint",
+            loaded = [(p, check(_load(p), p)) for p in parts]
+            _same_attrs(loaded)
+            ds = xr.concat([d for _, d in loaded], dim="checkpoint",
                            data_vars="minimal", coords="minimal", combine_attrs="override")
         else:
             raise GovlabError(f"{run}: no provenance index ({INDEX}); train with provenance.enabled: true")

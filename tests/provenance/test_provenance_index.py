@@ -119,6 +119,34 @@ def test_foreign_index_is_one_clear_error(run_copy):
         ProvenanceIndex.open(run_copy)
 
 
+def test_index_with_misplaced_dimensions_is_one_clear_error(run_copy):
+    ds = ProvenanceIndex.open(run_copy).ds
+    write_index(ds.assign(grad_norm_sq=ds["grad_norm_sq"].transpose("band", "source", "checkpoint")),
+                run_copy / INDEX)
+    with pytest.raises(GovlabError, match=r"variable 'grad_norm_sq' has dimensions \('band', 'source', "
+                                          r"'checkpoint'\), expected \('source', 'band', 'checkpoint'\)"):
+        ProvenanceIndex.open(run_copy)
+    write_index(ds.drop_attrs(), run_copy / INDEX)
+    with pytest.raises(GovlabError, match="not a govlab provenance index"):
+        ProvenanceIndex.open(run_copy)
+    write_index(ds.assign_attrs(bands_json="{not json"), run_copy / INDEX)
+    with pytest.raises(GovlabError, match="lacks a JSON attribute 'bands_json'"):
+        ProvenanceIndex.open(run_copy)
+
+
+def test_per_sample_parts_of_different_trainings_are_one_clear_error(tiny_cfg, smoke_dataset, tmp_path):
+    _fit(from_dict({"provenance": {"granularity": "sample"}}, base=tiny_cfg), smoke_dataset, tmp_path)
+    part = tmp_path / PARTS / "step_000004.nc"
+    ds = xr.open_dataset(part).load()
+    write_index(ds.assign_attrs(config_hash="another"), part)
+    with pytest.raises(GovlabError, match=r"step_000004.nc: attribute 'config_hash' differs from "
+                                          r"step_000002.nc's"):
+        ProvenanceIndex.open(tmp_path, check_model=False)
+    write_index(ds.drop_vars("source_id"), part)
+    with pytest.raises(GovlabError, match="step_000004.nc: per-sample provenance index lacks coordinate 'source_id'"):
+        ProvenanceIndex.open(tmp_path, check_model=False)
+
+
 def test_index_of_another_model_is_one_clear_error(run_copy, tmp_path):
     ds = ProvenanceIndex.open(run_copy).ds
     write_index(ds.assign_attrs(model_hash="0123456789abcdef"), run_copy / INDEX)
