@@ -48,9 +48,9 @@ def audit(model, dataset, *, rows: list[int] | None = None, n: int = 4, steps: i
     spaces = {"pixel": pixel_features}
     if evaluator is not None:
         spaces["feature"] = world_features(evaluator)
-    ratios = {}
+    ratios, dists = {}, {}
     for space, feats in spaces.items():
-        d = distances(feats(gens), feats(uniq))
+        d = dists[space] = distances(feats(gens), feats(uniq))
         out = []
         for k, c in enumerate(captions):
             dk = d[k * n:(k + 1) * n]
@@ -87,7 +87,7 @@ def audit(model, dataset, *, rows: list[int] | None = None, n: int = 4, steps: i
     result["items"] = items
     # one (training image, closest generation) pair per caption, most reproduced first
     order = sorted(range(len(captions)), key=lambda k: ratios["pixel"][k])
-    pixel_d = distances(pixel_features(gens), pixel_features(uniq))
+    pixel_d = dists["pixel"]
     pairs = []
     for k in order:
         col = min(own[captions[k]])

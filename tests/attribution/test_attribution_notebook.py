@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-papermill = pytest.importorskip("papermill")
 
 
 def test_attribution_notebook_quick(tmp_path, monkeypatch, artifacts):

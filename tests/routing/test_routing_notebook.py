@@ -4,11 +4,10 @@ import re
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-
-papermill = pytest.importorskip("papermill")
 
 
 def test_routing_notebook_quick(tmp_path, monkeypatch, artifacts):
