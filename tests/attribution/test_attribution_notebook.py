@@ -4,7 +4,6 @@ from pathlib import Path
 
 import nbformat
 import papermill
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
