@@ -72,3 +72,27 @@ def test_bench_train_quick_json():
     assert set(result) >= {"step_s", "plain_step_s", "ratio"}
     assert result["step_s"] > 0 and result["plain_step_s"] > 0 and result["ratio"] > 0
     assert result["batch_size"] == 32 and result["quick"] is True
+
+
+def _bench_json(name: str) -> dict:
+    proc = govlab("bench", name, "--quick", "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1  # one JSON line on stdout (progress goes to stderr)
+    return json.loads(lines[0])
+
+
+def test_bench_routing_quick_json():
+    """The command as the issue names it; its exactness and leakage figures are computed, not timed."""
+    r = _bench_json("routing")
+    assert set(r) >= {"overhead_ratio", "naive_ratio", "leakage", "leakage_unrouted", "exact_max_rel_err"}
+    assert r["leakage"] == 0.0 and r["leakage_unrouted"] > 0.5  # routed: none; unrouted: the style band moves
+    assert r["exact_max_rel_err"] < 1e-4 and r["exact_samples"] > 0
+    assert r["overhead_ratio"] > 0 and r["quick"] is True
+
+
+def test_bench_index_quick_json():
+    r = _bench_json("index")
+    assert set(r) >= {"overhead_ratio", "overhead_ratio_routed", "bytes_1k", "bytes_100k", "query_ms"}
+    assert r["bytes_1k"] == r["bytes_100k"] > 0  # cohort granularity: independent of the records
+    assert r["overhead_ratio"] > 0 and r["query_ms"] > 0 and r["sources"] == 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
@@ -14,7 +15,7 @@ from govlab.config import from_dict, load_config
 from govlab.data.cache import run_dataset
 from govlab.provenance.config import ProvenanceConfig
 from govlab.provenance.index import ProvenanceIndex
-from govlab.provenance.writer import INDEX, ProvenanceWriter, band_of_params
+from govlab.provenance.writer import FORMAT, INDEX, ProvenanceWriter, band_modules, band_of_params
 from govlab.routing import attach
 from govlab.train import Trainer, build_model
 
@@ -23,7 +24,8 @@ def index_bytes(n_records: int, band_of: dict, sources: list[str], checkpoints: 
     """Bytes of a cohort index over ``n_records`` records (random figures, real writer code path)."""
     records = [{"source_id": sources[i % len(sources)]} for i in range(n_records)]
     w = ProvenanceWriter(ProvenanceConfig(enabled=True), sources)
-    w.setup(records, band_of, {"format": "govlab-provenance-1", "granularity": "cohort"})
+    w.setup(records, band_of, {"format": FORMAT, "granularity": "cohort",
+                               "bands_json": json.dumps(band_modules(band_of))})
     w.out, w.hooks = out, []
     g = torch.Generator().manual_seed(0)
     for c in range(checkpoints):
