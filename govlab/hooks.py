@@ -46,7 +46,9 @@ class Hook:
     def state_dict(self) -> dict:
         return {}
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()`` on resume: called before the model and optimizer are restored
+        (so a hook may refuse the resume first) and before ``on_start``."""
 
 
 class EventLog:

@@ -152,12 +152,16 @@ class Trainer:
                               f"hooks, this run has {len(self.hooks)}; cannot resume")
         self.step = state["step"]
         for h, s in zip(self.hooks, state["hooks"]):  # first: a hook may refuse the resume, naming why
-            h.load_state_dict(s)
+            try:
+                h.load_state_dict(s)
+            except KeyError as e:
+                raise GovlabError(f"{self.out / CHECKPOINT}: the state of hook {type(h).__name__} lacks {e} "
+                                  "(written by another govlab version?); cannot resume") from None
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
-            raise GovlabError(f"{self.out / CHECKPOINT}: its weights do not fit this run's model (was its "
-                              f"data or opt-out registry changed?): {str(e).splitlines()[-1].strip()}") from None
+            raise GovlabError(f"{self.out / CHECKPOINT}: its weights do not fit this run's model (its data "
+                              f"changed?): {str(e).splitlines()[-1].strip()}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.sampler.load_state_dict(state["sampler"])

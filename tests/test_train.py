@@ -88,6 +88,13 @@ def test_hooks_run_in_order_and_can_weight_samples(cfg, smoke_dataset, tmp_path)
     Trainer(cfg, smoke_dataset, tmp_path, hooks=[resumed_hook], progress=False).fit(resume=True, until=4)
     assert resumed_hook.n == 4
 
+    class Newer(Recorder):  # a later version of the hook, whose state has another field
+        def load_state_dict(self, state):
+            self.n, self.m = state["n"], state["m"]
+
+    with pytest.raises(GovlabError, match=r"checkpoint.safetensors: the state of hook Newer lacks 'm'"):
+        Trainer(cfg, smoke_dataset, tmp_path, hooks=[Newer()], progress=False).fit(resume=True)
+
 
 def test_sampler_epochs_and_exclusion():
     s = EpochSampler(10, 4, seed=0)

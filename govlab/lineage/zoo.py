@@ -5,12 +5,14 @@ scenarios: full fine-tune on a new distribution and on the original one, LoRA (p
 fine-tunes, a lower learning rate; the outsider (and a fine-tune of it) must come out NULL.
 Layout: ``DIR/pool/<base>/`` and ``DIR/targets/<name>/`` (govlab run directories) and
 ``DIR/zoo.json``, written last. A repeated build keeps each finished model whose recipe, its
-ancestors' recipes and the world version are unchanged (``recipe.json``), and redoes the others.
+ancestors' recipes, its parent's weights and the world version are unchanged (``recipe.json``), and
+redoes the others (from an emptied directory).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from govlab.config import from_dict
 from govlab.data.cache import cache_dir, run_dataset
 from govlab.data.world import WORLD_VERSION
 from govlab.errors import GovlabError
-from govlab.io import sha256_json, write_json
+from govlab.io import sha256_file, sha256_json, write_json
 from govlab.models.diffusion import TextToImage
 from govlab.train import Trainer
 
@@ -154,9 +156,12 @@ def build_zoo(out: str | Path, *, quick: bool = True, progress: bool = True, pol
     def where(r: Recipe) -> Path:
         return out / ("pool" if r.role == "base" else "targets") / r.name
 
+    def stamp(r: Recipe) -> dict:
+        return recipe_stamp(r, by_name, where(by_name[r.parent]) if r.parent is not None else None)
+
     def done(r: Recipe) -> bool:
-        stamp = where(r) / "recipe.json"
-        return stamp.is_file() and json.loads(stamp.read_text()) == recipe_stamp(r, by_name)
+        path = where(r) / "recipe.json"
+        return path.is_file() and json.loads(path.read_text()) == stamp(r)
 
     pending = list(todo)
     with tqdm(total=len(todo), desc="zoo", disable=not progress) as bar:
@@ -168,11 +173,12 @@ def build_zoo(out: str | Path, *, quick: bool = True, progress: bool = True, pol
                 try:
                     with FileLock(f"{where(r)}.lock", timeout=0):
                         if not done(r):
+                            shutil.rmtree(where(r), ignore_errors=True)  # no stale stamp, weights or checkpoints
                             if r.parent is None:
                                 _train_scratch(r, where(r))
                             else:
                                 _fine_tune(r, by_name[r.parent], where(by_name[r.parent]), where(r))
-                            write_json(where(r) / "recipe.json", recipe_stamp(r, by_name))
+                            write_json(where(r) / "recipe.json", stamp(r))
                 except Timeout:  # another process is training it
                     continue
                 pending.remove(r)
@@ -189,22 +195,26 @@ def build_zoo(out: str | Path, *, quick: bool = True, progress: bool = True, pol
 def cached_zoo(*, quick: bool = True, progress: bool = False) -> Zoo:
     """The zoo built once under the govlab cache, keyed by its recipes (processes asking for it at
     the same time share the training)."""
+    # "stamp": the format of recipe.json (``recipe_stamp``); caches of an older format are not reused
     key = sha256_json({"world": WORLD_VERSION, "recipes": [asdict(r) for r in recipes(quick=quick)],
-                       "stamp": "lineage"})[:16]
+                       "stamp": "lineage+parent_weights"})[:16]
     root = cache_dir("zoo", key)
     if not (root / "zoo.json").is_file():
         build_zoo(root, quick=quick, progress=progress)
     return Zoo.open(root)
 
 
-def recipe_stamp(r: Recipe, by_name: dict[str, Recipe]) -> dict:
-    """What a finished model's ``recipe.json`` holds: the world version and the recipes of the
-    model and of each of its ancestors, so that changing a parent's recipe redoes its fine-tunes."""
+def recipe_stamp(r: Recipe, by_name: dict[str, Recipe], parent_dir: Path | None = None) -> dict:
+    """What a finished model's ``recipe.json`` holds: the world version, the recipes of the model
+    and of each of its ancestors, and the sha256 of its parent's weights (in ``parent_dir``), so
+    that a parent whose recipe changed, or that was trained again, has its fine-tunes redone."""
     lineage = [asdict(r)]
     while r.parent is not None:
         r = by_name[r.parent]
         lineage.append(asdict(r))
-    return json.loads(json.dumps({"world": WORLD_VERSION, "lineage": lineage}))
+    weights = parent_dir / "model.safetensors" if parent_dir is not None else None
+    parent = sha256_file(weights) if weights is not None and weights.is_file() else None
+    return json.loads(json.dumps({"world": WORLD_VERSION, "lineage": lineage, "parent_weights": parent}))
 
 
 def _expected(r: Recipe, by_name: dict[str, Recipe]) -> str | None:

@@ -206,23 +206,27 @@ class MemorizationMonitor(Hook):
                                       for h in self.history]})
 
     def state_dict(self) -> dict:
-        """The monitor's state; its per-row figures as tensors (which do not grow the checkpoint's
-        JSON header, capped by safetensors, with the dataset and the number of checks)."""
+        """The monitor's state; its per-row figures and its history as a few tensors (which do not
+        grow the checkpoint's JSON header, capped by safetensors, with the rows or the checks)."""
         h = self.history
         return {"threshold": self.threshold, "cursor": self.cursor, "rng": self.rng.get_state(),
                 "flagged": _pairs(self.flagged, torch.int64), "latest": _pairs(self.latest_scores, torch.float64),
                 "history_step": torch.tensor([e["step"] for e in h], dtype=torch.int64),
                 "history_threshold": torch.tensor([e["threshold"] for e in h], dtype=torch.float64),
-                "history_scores": [_pairs(e["scores"], torch.float64) for e in h],
+                "history_len": torch.tensor([len(e["scores"]) for e in h], dtype=torch.int64),
+                "history_rows": torch.tensor([r for e in h for r in e["scores"]], dtype=torch.int64),
+                "history_scores": torch.tensor([v for e in h for v in e["scores"].values()], dtype=torch.float64),
                 "applied": {a: torch.tensor(sorted(r), dtype=torch.int64) for a, r in self.applied.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.threshold, self.cursor = state["threshold"], state["cursor"]
         self.flagged = {int(r): int(s) for r, s in zip(*state["flagged"])}
         self.latest_scores = {int(r): float(s) for r, s in zip(*state["latest"])}
-        self.history = [{"step": int(step), "threshold": float(t), "scores": {int(r): float(s) for r, s in zip(*p)}}
-                        for step, t, p in zip(state["history_step"], state["history_threshold"],
-                                              state["history_scores"])]
+        lens = state["history_len"].tolist()
+        rows, scores = state["history_rows"].split(lens), state["history_scores"].split(lens)
+        self.history = [{"step": step, "threshold": t, "scores": dict(zip(r.tolist(), s.tolist()))}
+                        for step, t, r, s in zip(state["history_step"].tolist(), state["history_threshold"].tolist(),
+                                                 rows, scores)]
         self.rng.set_state(state["rng"])
         self.applied = {a: set(r.tolist()) for a, r in state["applied"].items()}
 

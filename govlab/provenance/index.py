@@ -44,11 +44,17 @@ def check(ds: xr.Dataset, where: Path) -> xr.Dataset:
     return ds
 
 
+# the attributes that say which training wrote an index (not, e.g., the govlab version: a resumed
+# run may be finished by another one)
+TRAINING_ATTRS = ("format", "granularity", "accumulation", "model_hash", "config_hash", "run_name", "bands_json",
+                  "sources_json", "routing_policy_json", "provenance_config_json")
+
+
 def _same_attrs(parts: list[tuple[Path, xr.Dataset]]) -> None:
-    """Per-sample parts of one index carry the same attributes (model, config, bands, sources)."""
+    """Per-sample parts of one index come from one training (``TRAINING_ATTRS`` equal)."""
     first_path, first = parts[0]
     for path, ds in parts[1:]:
-        differ = sorted(k for k in set(first.attrs) | set(ds.attrs) if first.attrs.get(k) != ds.attrs.get(k))
+        differ = [k for k in TRAINING_ATTRS if not np.array_equal(first.attrs.get(k), ds.attrs.get(k))]
         if differ:
             raise GovlabError(f"{path}: attribute {differ[0]!r} differs from {first_path.name}'s; the parts "
                               f"of {PARTS}/ come from different trainings")

@@ -91,8 +91,9 @@ class OptOutHook(Hook):
 
     A resumed run may take an edited registry only where the edit acts from the checkpoint on: an
     opt-out that took effect before the checkpoint (``since`` below its step, in the registry the
-    run was trained under or in the new one) must be unchanged, else the resume is refused (the
-    index's proof of zero influence from ``since`` on would not hold).
+    run was trained under or in the new one) must keep its ``since``, else the resume is refused
+    (the index's proof of zero influence from ``since`` on would not hold). Its ``scope`` may
+    change: it acts only after training.
     """
 
     def __init__(self, optouts: list[OptOut], rejected: list[dict] = (), text: str | None = None,

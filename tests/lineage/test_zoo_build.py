@@ -64,6 +64,12 @@ def test_rebuild_redoes_the_fine_tunes_of_a_changed_parent_and_keeps_the_rest(tm
     Z.build_zoo(tmp_path, progress=False)
     assert trained == ["base_a", "a_ft", "a_ft_ft"]  # the changed base and its descendants, in order
     trained.clear()
+    (tmp_path / "pool" / "base_b" / "model.safetensors").write_bytes(b"weights trained again")
+    (tmp_path / "targets" / "b_ft" / "stale.txt").write_text("from the earlier training")
+    Z.build_zoo(tmp_path, progress=False)
+    assert trained == ["b_ft"]  # its parent's weights changed
+    assert not (tmp_path / "targets" / "b_ft" / "stale.txt").exists()  # redone in an emptied directory
+    trained.clear()
     monkeypatch.setattr(Z, "WORLD_VERSION", "another world")
     Z.build_zoo(tmp_path, progress=False)
     assert sorted(trained) == sorted(r.name for r in recipes)

@@ -142,6 +142,7 @@ def test_monitor_state_keeps_its_per_row_figures_out_of_the_checkpoint_header(me
     monitor.history = [{"step": s, "threshold": float(rng.random()),
                         "scores": {int(r): float(v) for r, v in zip(rng.permutation(rows), rng.random(rows))}}
                        for s in range(10)]
+    monitor.history += [{"step": s, "threshold": 0.5, "scores": {s % rows: 0.25}} for s in range(10, 5000)]
     monitor.latest_scores = dict(monitor.history[-1]["scores"])
     monitor.flagged = {int(r): 3 for r in rng.permutation(rows)[:500]}
     monitor.applied = {"attenuate": set(range(0, rows, 7))}
@@ -152,6 +153,7 @@ def test_monitor_state_keeps_its_per_row_figures_out_of_the_checkpoint_header(me
     restored.load_state_dict(load_state(tmp_path / "state.safetensors")["hooks"][0])
     assert restored.history == monitor.history and restored.latest_scores == monitor.latest_scores
     assert list(restored.history[3]["scores"]) == list(monitor.history[3]["scores"])  # row order kept
+    assert all(type(r) is int and type(v) is float for r, v in restored.history[-1]["scores"].items())
     assert restored.flagged == monitor.flagged and restored.applied == monitor.applied
 
 

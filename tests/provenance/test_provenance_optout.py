@@ -102,7 +102,7 @@ def _fit_with_registry(cfg, dataset, out, registry, **kw):
 def test_resume_takes_an_opt_out_from_its_checkpoint_on_and_refuses_one_in_the_past(tiny_cfg, smoke_dataset,
                                                                                     tmp_path):
     registry, run = tmp_path / "optouts.jsonl", tmp_path / "run"
-    registry.write_text('{"source_id": "artist_1", "since": 0}\n')
+    registry.write_text('{"source_id": "artist_1", "since": 0}\n{"source_id": "artist_2", "since": 5}\n')
     _fit_with_registry(tiny_cfg, smoke_dataset, run, registry, until=2)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     for edit, message in [
@@ -116,9 +116,12 @@ def test_resume_takes_an_opt_out_from_its_checkpoint_on_and_refuses_one_in_the_p
         with pytest.raises(GovlabError, match=f"optouts.jsonl: {message}"):
             _fit_with_registry(tiny_cfg, smoke_dataset, run, registry, resume=True)
         assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing touched
-    registry.write_text('{"source_id": "artist_1", "since": 0}\n{"source_id": "artist_0", "since": 2}\n')
-    _fit_with_registry(tiny_cfg, smoke_dataset, run, registry, resume=True)  # from the checkpoint on: taken
-    assert [e["step"] for e in EventLog(run / "events.jsonl").read() if e["event"] == "opt_out"] == [2]
+    # from the checkpoint on: an opt-out added at its step, a future one moved, a scope changed
+    registry.write_text('{"source_id": "artist_1", "since": 0, "scope": "all"}\n'
+                        '{"source_id": "artist_0", "since": 2}\n{"source_id": "artist_2", "since": 3}\n')
+    _fit_with_registry(tiny_cfg, smoke_dataset, run, registry, resume=True)
+    assert [(e["step"], e["source_id"]) for e in EventLog(run / "events.jsonl").read()
+            if e["event"] == "opt_out"] == [(2, "artist_0"), (3, "artist_2")]
     assert (run / "optouts.jsonl").read_text() == registry.read_text()
     index = ProvenanceIndex.open(run, check_model=False)
     assert index.zero_since("artist_0", 2)["zero_influence"] is True
