@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from govlab.errors import GovlabError
+from govlab.presets import names as presets
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Training governance for text-to-image diffusion models.")
@@ -30,7 +31,7 @@ def run_dir(path: Path) -> Path:
 
 
 @app.command()
-def train(preset: Optional[str] = typer.Option(None, help="Preset name (smoke, demo, routed, gpu)."),
+def train(preset: Optional[str] = typer.Option(None, help=f"Preset name ({', '.join(presets())})."),
           config: Optional[Path] = typer.Option(None, help="YAML config; overrides the preset."),
           data: Optional[Path] = typer.Option(None, help="Dataset folder (images + metadata.jsonl)."),
           out: Optional[Path] = typer.Option(None, help="Run directory (default runs/NAME)."),

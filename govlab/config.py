@@ -14,6 +14,7 @@ from govlab.errors import GovlabError
 from govlab.io import sha256_json
 from govlab.memorization.config import MemorizationConfig
 from govlab.models.unet import ModelConfig
+from govlab.presets import names as presets
 from govlab.provenance.config import ProvenanceConfig
 from govlab.routing.config import RoutingConfig
 
@@ -111,10 +112,6 @@ def read_yaml(path: str | Path) -> dict:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise GovlabError(f"{path}: not valid YAML ({e})") from None
-
-
-def presets() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("govlab.presets").iterdir() if p.name.endswith(".yaml"))
 
 
 def load_config(preset: str | None = None, config: str | Path | None = None) -> RunConfig:
