@@ -10,9 +10,9 @@ from govlab.io import write_json
 from govlab.lineage import zoo as Z
 
 
-def test_zoo_build_passes_over_a_model_another_process_holds(tmp_path, monkeypatch):
-    recipes = [Z.Recipe("base_a", "base", {}), Z.Recipe("base_b", "base", {}),
-               Z.Recipe("a_ft", "fine-tune", {}, parent="base_a")]
+def fake_training(monkeypatch, recipes: list) -> list[str]:
+    """Zoo builds of ``recipes`` that only create each model's directory; returns the list of the
+    names trained, in order."""
     trained = []
 
     def train(r, path):
@@ -22,6 +22,13 @@ def test_zoo_build_passes_over_a_model_another_process_holds(tmp_path, monkeypat
     monkeypatch.setattr(Z, "recipes", lambda quick=True: recipes)
     monkeypatch.setattr(Z, "_train_scratch", train)
     monkeypatch.setattr(Z, "_fine_tune", lambda r, parent, parent_path, path: train(r, path))
+    return trained
+
+
+def test_zoo_build_passes_over_a_model_another_process_holds(tmp_path, monkeypatch):
+    recipes = [Z.Recipe("base_a", "base", {}), Z.Recipe("base_b", "base", {}),
+               Z.Recipe("a_ft", "fine-tune", {}, parent="base_a")]
+    trained = fake_training(monkeypatch, recipes)
     out = tmp_path / "zoo"
     base_a = out / "pool" / "base_a"
     base_a.mkdir(parents=True)
@@ -46,15 +53,7 @@ def test_rebuild_redoes_the_fine_tunes_of_a_changed_parent_and_keeps_the_rest(tm
     recipes = [Z.Recipe("base_a", "base", {"train": {"seed": 0}}), Z.Recipe("base_b", "base", {}),
                Z.Recipe("a_ft", "fine-tune", {}, parent="base_a"),
                Z.Recipe("a_ft_ft", "fine-tune", {}, parent="a_ft"), Z.Recipe("b_ft", "fine-tune", {}, parent="base_b")]
-    trained = []
-
-    def train(r, path):
-        path.mkdir(parents=True, exist_ok=True)
-        trained.append(r.name)
-
-    monkeypatch.setattr(Z, "recipes", lambda quick=True: recipes)
-    monkeypatch.setattr(Z, "_train_scratch", train)
-    monkeypatch.setattr(Z, "_fine_tune", lambda r, parent, parent_path, path: train(r, path))
+    trained = fake_training(monkeypatch, recipes)
     Z.build_zoo(tmp_path, progress=False)
     assert sorted(trained) == sorted(r.name for r in recipes)
     trained.clear()
