@@ -98,12 +98,14 @@ def audit(model, dataset, *, rows: list[int] | None = None, n: int = 4, steps: i
 
 def noise_magnitude_check(model, dataset, captions: list[str], *, timesteps=(800,), noises: int = 2,
                           seeds: int = 2, steps: int = 8, guidance: float = 3.0, unconditional: int = 128,
-                          seed: int = 0) -> dict:
+                          seed: int = 0, reproduced: list[bool] | None = None) -> dict:
     """How the noise-magnitude detector separates planted duplicates from the other ``captions``.
 
     ``auc_noise_magnitude``: the monitor's form (pure noise at ``timesteps``);
     ``auc_noise_magnitude_by_step``: Wen et al.'s trajectory form, per step of each caption's own
-    guided sampling. Below 0.5 the planted captions score lower, not higher. Also the share of
+    guided sampling. Below 0.5 the planted captions score lower, not higher. With ``reproduced``
+    (per caption: did the audit extract its image), ``auc_noise_magnitude_reproduced``: the
+    monitor's form against that measured extraction instead of the planted label. Also the share of
     ``unconditional`` generations whose nearest distinct training image (pixels) is planted,
     beside the planted share of distinct images: how much the unconditional model is drawn to them.
     """
@@ -121,6 +123,8 @@ def noise_magnitude_check(model, dataset, captions: list[str], *, timesteps=(800
     return {"auc_noise_magnitude": detection_auc(first.numpy(), positive),
             "auc_noise_magnitude_by_step": [detection_auc(by_step[:, j].numpy(), positive)
                                             for j in range(by_step.shape[1])],
+            **({} if reproduced is None else
+               {"auc_noise_magnitude_reproduced": detection_auc(first.numpy(), reproduced)}),
             "unconditional_nearest_planted": _rate(planted_image[nearest].numpy()),
             "planted_share_images": _rate(planted_image.numpy())}
 
@@ -162,7 +166,8 @@ def audit_run(run: str | Path, *, sample: int | None = None, n: int = 4, steps: 
     if all("duplicate_group" in r for r in dataset.records) and 0 < n_planted < len(captions):
         m = cfg.memorization
         result.update(noise_magnitude_check(model, dataset, captions, timesteps=m.timesteps, noises=m.noises,
-                                            guidance=cfg.eval.guidance, seed=seed))
+                                            guidance=cfg.eval.guidance, seed=seed,
+                                            reproduced=[it["pixel"] for it in result["items"]]))
     out = run / AUDIT_DIR
     grid = out / "audit_grid.png"
     save_png(image_grid(pairs, ncol=16), grid)

@@ -91,7 +91,14 @@ def test_noise_magnitude_check_reports_every_step_and_the_planted_share(smoke_ru
 
     model = TextToImage.load(smoke_run / "model.safetensors")
     captions = list(dict.fromkeys(r["caption"] for r in smoke_dataset.records))
-    out = noise_magnitude_check(model, smoke_dataset, captions, seeds=2, steps=3, unconditional=16)
+    planted_caption = {r["caption"]: r["duplicate_group"] >= 0 for r in smoke_dataset.records}
+    flags = [planted_caption[c] for c in captions]
+    out = noise_magnitude_check(model, smoke_dataset, captions, seeds=2, steps=3, unconditional=16,
+                                reproduced=flags)
+    assert out["auc_noise_magnitude_reproduced"] == out["auc_noise_magnitude"]  # same labels, same AUC
+    other = noise_magnitude_check(model, smoke_dataset, captions, seeds=1, steps=1, unconditional=1,
+                                  reproduced=[not f for f in flags])
+    assert other["auc_noise_magnitude_reproduced"] == pytest.approx(1 - out["auc_noise_magnitude"], abs=2e-4)
     assert len(out["auc_noise_magnitude_by_step"]) == 3
     assert all(0 <= a <= 1 for a in [out["auc_noise_magnitude"], *out["auc_noise_magnitude_by_step"]])
     uniq, image_of = unique_images(smoke_dataset.images)
