@@ -96,6 +96,7 @@ class Trainer:
         self.tokens = self.model.tokenizer([r["caption"] for r in dataset.records])
         self.null_tokens = self.model.tokenizer([""])[0]
         self.events = EventLog(self.out / "events.jsonl")
+        self.data_hash = dataset.fingerprint()
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         """AdamW over all parameters (unless a hook supplies the optimizer in ``on_build``)."""
@@ -137,7 +138,7 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "step": self.step, "config_hash": self.cfg.hash(),
+            "step": self.step, "config_hash": self.cfg.hash(), "data_hash": self.data_hash,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(), "sampler": self.sampler.state_dict(),
             "rng": self.rng.get_state(), "hooks": [h.state_dict() for h in self.hooks],
@@ -157,11 +158,10 @@ class Trainer:
             except KeyError as e:
                 raise GovlabError(f"{self.out / CHECKPOINT}: the state of hook {type(h).__name__} lacks {e} "
                                   "(written by another govlab version?); cannot resume") from None
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise GovlabError(f"{self.out / CHECKPOINT}: its weights do not fit this run's model (its data "
-                              f"changed?): {str(e).splitlines()[-1].strip()}") from None
+        if state.get("data_hash") != self.data_hash:  # after the hooks: an opt-out edit is named by its hook
+            raise GovlabError(f"{self.out / CHECKPOINT}: trained on other data (records or images; data "
+                              f"{state.get('data_hash')}, this run's {self.data_hash}); cannot resume")
+        self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.sampler.load_state_dict(state["sampler"])

@@ -41,14 +41,21 @@ def test_resume_refuses_another_config(cfg, smoke_dataset, tmp_path):
         Trainer(other, smoke_dataset, tmp_path, progress=False).fit(resume=True)
 
 
-def test_resume_refuses_weights_that_do_not_fit_the_model(cfg, smoke_dataset, tmp_path):
-    """Same config, other data (a source's records gone: its caption words leave the vocabulary)."""
+def test_resume_refuses_other_data(cfg, smoke_dataset, tmp_path):
+    """Same config, other data: a source's records gone, or one image edited (same records, same
+    vocabulary: the model would load and train on shifted rows)."""
+    from dataclasses import replace
+
     Trainer(cfg, smoke_dataset, tmp_path, progress=False).fit(until=3)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     fewer = smoke_dataset.subset([i for i, r in enumerate(smoke_dataset.records) if r["source_id"] != "artist_1"])
-    with pytest.raises(GovlabError, match=r"checkpoint.safetensors: its weights do not fit this run's model"):
-        Trainer(cfg, fewer, tmp_path, progress=False).fit(resume=True)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    edited = smoke_dataset.images.clone()
+    edited[5, 0, 0, 0] ^= 1
+    for other in (fewer, replace(smoke_dataset, images=edited)):
+        with pytest.raises(GovlabError, match=r"checkpoint.safetensors: trained on other data"):
+            Trainer(cfg, other, tmp_path, progress=False).fit(resume=True)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    Trainer(cfg, smoke_dataset, tmp_path, progress=False).fit(resume=True)  # the same data: resumes
 
 
 class Recorder(Hook):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,12 @@ class Dataset:
     @property
     def sources(self) -> list[str]:
         return sorted({r["source_id"] for r in self.records})
+
+    def fingerprint(self) -> str:
+        """sha256 of the records and the image bytes: which data a checkpoint was trained on."""
+        h = hashlib.sha256(json.dumps(self.records, sort_keys=True, default=str).encode())
+        h.update(self.images.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def subset(self, keep: list[int]) -> "Dataset":
         return Dataset(self.root, [self.records[i] for i in keep], self.images[keep])
