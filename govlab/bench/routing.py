@@ -10,7 +10,7 @@ import torch
 from govlab.bench.train import paired_ratio, timings
 from govlab.config import from_dict, load_config
 from govlab.data.cache import run_dataset
-from govlab.routing import RoutedAdamW, attach, prepare
+from govlab.routing import RoutedAdamW, attach, ops, prepare
 from govlab.routing.reference import compare, groups, leakage, naive_backward, reference_grads, routed_grads
 from govlab.train import Trainer
 
@@ -86,5 +86,6 @@ def bench_routing(*, quick: bool = False) -> dict:
         "exact_max_rel_err": float(f"{max(err.values()):.3g}"), "exact_samples": n_exact,
         "groups_in_batch": len(groups(router, ctx.records)),
         "sequestered_in_batch": sum(1 for r in ctx.records if set(r["categories"]) & set(cfg.routing.sequestered)),
-        "batch_size": cfg.train.batch_size, "threads": torch.get_num_threads(), "quick": quick,
+        "batch_size": cfg.train.batch_size, "threads": torch.get_num_threads(),
+        "masked_ops": "python" if ops.compiled() is None else "cpp", "quick": quick,
     }

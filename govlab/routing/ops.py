@@ -6,13 +6,55 @@ the router sorts a batch so that each band's samples are contiguous), or a 0/1 m
 exactly the gradient of the selected samples' loss; the input gradient is the ordinary one, so
 every sample still trains the earlier layers it may reach. ``xsel`` (masks only) masks the input
 instead of the output gradient (for a slot bank's ``up`` weights, whose slots are input channels).
+
+The ``Masked*`` classes below state the arithmetic. The same ops are compiled from
+``masked_ops.cpp`` on first use (``torch.utils.cpp_extension``; a C++ compiler and ninja), which
+saves their Python cost per layer; ``GOVLAB_ROUTING_OPS=python`` keeps the classes, and so does a
+machine where the build fails (with a warning).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import warnings
+from pathlib import Path
+
 import torch
 from torch.autograd import Function
 from torch.nn import functional as F
+
+OPS_ENV = "GOVLAB_ROUTING_OPS"
+
+
+@functools.cache
+def compiled():
+    """The C++ ops module, built once per machine into the govlab cache, or None (``python`` asked
+    for, or the build failed)."""
+    choice = os.environ.get(OPS_ENV, "cpp")
+    if choice not in ("cpp", "python"):
+        raise ValueError(f"{OPS_ENV}={choice!r}: expected 'cpp' or 'python'")
+    if choice == "python":
+        return None
+    from torch.utils.cpp_extension import load
+
+    from govlab.data.cache import cache_dir
+
+    build = cache_dir("extensions", f"torch-{torch.__version__}")
+    try:  # concurrent first uses: torch's build lock makes one build while the others wait
+        return load("govlab_masked_ops", [str(Path(__file__).with_name("masked_ops.cpp"))],
+                    build_directory=str(build), extra_cflags=["-O2"], verbose=False)
+    except Exception as exc:  # no compiler, no ninja, headers missing: the Python ops still work
+        warnings.warn(f"routing: C++ masked ops unavailable ({type(exc).__name__}: {str(exc)[:200]}); "
+                      f"using the Python ops (set {OPS_ENV}=python to skip the build)", stacklevel=2)
+        return None
+
+
+def _range(sel, b: int):
+    """(mask, lo, hi) of a selection for the C++ ops: a slice's bounds, or a mask over all rows."""
+    if isinstance(sel, slice):
+        return None, sel.start or 0, b if sel.stop is None else sel.stop
+    return sel, 0, b
 
 
 def bcast(mask: torch.Tensor, like: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -171,23 +213,48 @@ def _p(t, live):
     return t if live or t is None else t.detach()
 
 
+def masked_linear(x, weight, bias, sel, xsel=None):
+    """``F.linear`` whose parameter gradient sees the samples ``sel`` selects (``xsel``: see above)."""
+    native = compiled()
+    if native is None:
+        return MaskedLinear.apply(x, weight, bias, sel, xsel)
+    mask, lo, hi = _range(sel, x.shape[0])
+    return native.linear(x, weight, bias, mask, xsel, lo, hi)
+
+
+def masked_conv2d(x, weight, bias, sel, xsel, stride, padding, dilation, groups):
+    """``F.conv2d`` whose parameter gradient sees the samples ``sel`` selects."""
+    native = compiled()
+    if native is None:
+        return MaskedConv2d.apply(x, weight, bias, sel, xsel, stride, padding, dilation, groups)
+    mask, lo, hi = _range(sel, x.shape[0])
+    return native.conv2d(x, weight, bias, mask, xsel, lo, hi, stride, padding, dilation, groups)
+
+
 def linear(m, x, sel, live=True, static=None):
-    return MaskedLinear.apply(x, _p(m.weight, live), _p(m.bias, live), sel, None)
+    return masked_linear(x, _p(m.weight, live), _p(m.bias, live), sel)
 
 
 def conv2d(m, x, sel, live=True, static=None):
     stride, padding, dilation, groups = static or static_args(m)
-    return MaskedConv2d.apply(x, _p(m.weight, live), _p(m.bias, live), sel, None, stride, padding, dilation,
-                              groups)
+    return masked_conv2d(x, _p(m.weight, live), _p(m.bias, live), sel, None, stride, padding, dilation, groups)
 
 
 def group_norm(m, x, sel, live=True, static=None):
-    return MaskedGroupNorm.apply(x, _p(m.weight, live), _p(m.bias, live), sel, m.num_groups, m.eps)
+    native = compiled()
+    if native is None:
+        return MaskedGroupNorm.apply(x, _p(m.weight, live), _p(m.bias, live), sel, m.num_groups, m.eps)
+    mask, lo, hi = _range(sel, x.shape[0])
+    return native.group_norm(x, _p(m.weight, live), _p(m.bias, live), mask, lo, hi, m.num_groups, m.eps)
 
 
 def layer_norm(m, x, sel, live=True, static=None):
-    return MaskedLayerNorm.apply(x, _p(m.weight, live), _p(m.bias, live), sel, static or list(m.normalized_shape),
-                                 m.eps)
+    shape = static or list(m.normalized_shape)
+    native = compiled()
+    if native is None:
+        return MaskedLayerNorm.apply(x, _p(m.weight, live), _p(m.bias, live), sel, shape, m.eps)
+    mask, lo, hi = _range(sel, x.shape[0])
+    return native.layer_norm(x, _p(m.weight, live), _p(m.bias, live), mask, lo, hi, shape, m.eps)
 
 
 def embedding(m, x, sel, live=True, static=None):

@@ -75,11 +75,11 @@ class SlotBank(nn.Module):
         if self.kind == "linear":
             if gmask is None and xmask is None:
                 return F.linear(x, weight)
-            return ops.MaskedLinear.apply(x, weight, None, gmask, xmask)
+            return ops.masked_linear(x, weight, None, gmask, xmask)
         stride, padding, dilation = self.geometry if geometry else ([1, 1], [0, 0], [1, 1])
         if gmask is None and xmask is None:
             return F.conv2d(x, weight, None, stride, padding, dilation)
-        return ops.MaskedConv2d.apply(x, weight, None, gmask, xmask, stride, padding, dilation, 1)
+        return ops.masked_conv2d(x, weight, None, gmask, xmask, stride, padding, dilation, 1)
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         """``gate`` (B, slots) 0/1, optional: switches slots on and off per sample."""

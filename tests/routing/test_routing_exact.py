@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from govlab.routing import prepare
+from govlab.routing import ops, prepare
 from govlab.routing.bands import KV
 from govlab.routing.reference import compare, leakage, reference_grads, routed_grads
 from govlab.train import build_model
@@ -28,11 +28,22 @@ def routed_model(cfg, dataset, dtype, targets=UNET_TARGETS):
     return model, router
 
 
+@pytest.fixture(params=["cpp", "python"])
+def masked_ops(request, monkeypatch):
+    """Both implementations of the masked ops: the compiled one (which must build on a test
+    machine) and the Python classes that state the arithmetic."""
+    if request.param == "cpp":
+        assert ops.compiled() is not None, "the C++ masked ops did not build"
+    else:
+        monkeypatch.setattr(ops, "compiled", lambda: None)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-5), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("seed, sort, targets", [(1, False, UNET_TARGETS), (2, True, UNET_TARGETS),
                                                  (3, True, ("caption",))])
 def test_routed_gradient_equals_per_sample_reference(tiny_cfg, smoke_dataset, dtype, tol, seed, sort, targets,
-                                                     mixed_records, batch_of):
+                                                     mixed_records, batch_of, masked_ops):
     model, router = routed_model(tiny_cfg, smoke_dataset, dtype, targets)
     records = mixed_records(smoke_dataset, 10, seed)
     if sort:  # the training hook's order: each band's samples contiguous (slice fast path)

@@ -59,3 +59,24 @@ def test_a_unit_without_masked_op_is_routed_exactly(lift, rows):
     assert (ref["attn.in_proj_weight"].abs().sum() > 0) == bool(rows)
     if lift:  # the barred rows still train the layer before the unit, through it
         assert ref["lift.weight"].abs().sum() > 0
+
+
+def test_masked_ops_fall_back_to_python_when_the_build_fails(monkeypatch):
+    import torch.utils.cpp_extension as ext
+
+    from govlab.routing import ops
+
+    def broken(*args, **kw):
+        raise OSError("no compiler")
+
+    monkeypatch.setattr(ext, "load", broken)
+    ops.compiled.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="C\\+\\+ masked ops unavailable.*no compiler"):
+            assert ops.compiled() is None
+        ops.compiled.cache_clear()
+        monkeypatch.setenv(ops.OPS_ENV, "fortran")
+        with pytest.raises(ValueError, match="GOVLAB_ROUTING_OPS='fortran'"):
+            ops.compiled()
+    finally:
+        ops.compiled.cache_clear()
