@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,8 @@ def test_bench_routing_quick_json():
     assert r["leakage"] == 0.0 and r["leakage_unrouted"] > 0.5  # routed: none; unrouted: the style band moves
     assert r["exact_max_rel_err"] < 1e-4 and r["exact_samples"] > 0
     assert r["overhead_ratio"] > 0 and r["quick"] is True
-    assert r["masked_ops"] == "cpp"  # the compiled ops built on this machine (the Python ones cost ~4%)
+    # the compiled ops built on this machine (the Python ones cost ~4%), unless told to use those
+    assert r["masked_ops"] == os.environ.get("GOVLAB_ROUTING_OPS", "cpp")
 
 
 def test_bench_index_quick_json():

@@ -77,6 +77,7 @@ struct MaskedLinear : public torch::autograd::Function<MaskedLinear> {
     Sel s = load_sel(ctx);
     Tensor gx, gw, gb;
     if (ctx->needs_input_grad(0)) gx = g.matmul(w);
+    // needs_input_grad counts the tensors given: without a bias, index 2 is not the bias
     bool want_b = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
     if (ctx->needs_input_grad(1) || want_b) {
       Tensor gm = pick_grad(g, s, -1).reshape({-1, g.size(-1)});
@@ -190,7 +191,9 @@ struct MaskedLayerNorm : public torch::autograd::Function<MaskedLayerNorm> {
     if (ctx->needs_input_grad(0)) {
       gx = std::get<0>(at::native_layer_norm_backward(g, x, shape, mean, rstd, w, bias, {true, false, false}));
     }
-    if (ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
+    // needs_input_grad counts the tensors given: without a bias, index 2 is not the bias
+    bool want_b = b.defined() && ctx->needs_input_grad(2);
+    if (ctx->needs_input_grad(1) || want_b) {
       if (s.mask.has_value()) {
         g = pick_grad(g, s, -1);
       } else {
@@ -200,8 +203,7 @@ struct MaskedLayerNorm : public torch::autograd::Function<MaskedLayerNorm> {
         rstd = rstd.slice(0, s.lo, s.hi);
       }
       auto r = at::native_layer_norm_backward(g, x, shape, mean, rstd, w, bias,
-                                              {false, ctx->needs_input_grad(1),
-                                               ctx->needs_input_grad(2) && b.defined()});
+                                              {false, ctx->needs_input_grad(1), want_b});
       gw = std::get<1>(r);
       gb = std::get<2>(r);
     }

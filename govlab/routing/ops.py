@@ -36,23 +36,30 @@ def compiled():
         raise ValueError(f"{OPS_ENV}={choice!r}: expected 'cpp' or 'python'")
     if choice == "python":
         return None
+    from filelock import FileLock
     from torch.utils.cpp_extension import load
 
     from govlab.data.cache import cache_dir
 
     build = cache_dir("extensions", f"torch-{torch.__version__}")
-    try:  # concurrent first uses: torch's build lock makes one build while the others wait
-        return load("govlab_masked_ops", [str(Path(__file__).with_name("masked_ops.cpp"))],
-                    build_directory=str(build), extra_cflags=["-O2"], verbose=False)
+    try:
+        # one build per machine while concurrent first uses wait; our lock is released when its
+        # holder dies, torch's own ``lock`` file is not, so one left by a killed build is removed
+        with FileLock(str(build / "govlab.lock")):
+            (build / "lock").unlink(missing_ok=True)
+            return load("govlab_masked_ops", [str(Path(__file__).with_name("masked_ops.cpp"))],
+                        build_directory=str(build), extra_cflags=["-O2"], verbose=False)
     except Exception as exc:  # no compiler, no ninja, headers missing: the Python ops still work
         warnings.warn(f"routing: C++ masked ops unavailable ({type(exc).__name__}: {str(exc)[:200]}); "
                       f"using the Python ops (set {OPS_ENV}=python to skip the build)", stacklevel=2)
         return None
 
 
-def _range(sel, b: int):
+def _range(sel, b: int, xsel=None):
     """(mask, lo, hi) of a selection for the C++ ops: a slice's bounds, or a mask over all rows."""
     if isinstance(sel, slice):
+        if xsel is not None:
+            raise ValueError("routing ops: an input mask (xsel) goes with a mask selection, not a slice")
         return None, sel.start or 0, b if sel.stop is None else sel.stop
     return sel, 0, b
 
@@ -218,7 +225,7 @@ def masked_linear(x, weight, bias, sel, xsel=None):
     native = compiled()
     if native is None:
         return MaskedLinear.apply(x, weight, bias, sel, xsel)
-    mask, lo, hi = _range(sel, x.shape[0])
+    mask, lo, hi = _range(sel, x.shape[0], xsel)
     return native.linear(x, weight, bias, mask, xsel, lo, hi)
 
 
@@ -227,7 +234,7 @@ def masked_conv2d(x, weight, bias, sel, xsel, stride, padding, dilation, groups)
     native = compiled()
     if native is None:
         return MaskedConv2d.apply(x, weight, bias, sel, xsel, stride, padding, dilation, groups)
-    mask, lo, hi = _range(sel, x.shape[0])
+    mask, lo, hi = _range(sel, x.shape[0], xsel)
     return native.conv2d(x, weight, bias, mask, xsel, lo, hi, stride, padding, dilation, groups)
 
 
