@@ -37,7 +37,6 @@ void save_sel(AutogradContext* ctx, const OptTensor& mask, const OptTensor& xmas
 struct Sel {
   OptTensor mask, xmask;
   int64_t lo, hi;
-  bool sliced() const { return !mask.has_value() && !xmask.has_value(); }
 };
 
 Sel load_sel(AutogradContext* ctx) {
@@ -60,6 +59,19 @@ Tensor pick_x(const Tensor& x, const Sel& s, int64_t channel_dim) {
   if (s.xmask.has_value()) return x * bcast(*s.xmask, x, channel_dim);
   if (s.mask.has_value()) return x;
   return x.slice(0, s.lo, s.hi);
+}
+
+// A norm layer's parameter-gradient inputs for the selected samples: the output gradient masked,
+// or the rows [lo, hi) of it, the input and the saved statistics.
+void pick_norm(Tensor& g, Tensor& x, Tensor& mean, Tensor& rstd, const Sel& s, int64_t channel_dim) {
+  if (s.mask.has_value()) {
+    g = pick_grad(g, s, channel_dim);
+    return;
+  }
+  g = g.slice(0, s.lo, s.hi);
+  x = x.slice(0, s.lo, s.hi);
+  mean = mean.slice(0, s.lo, s.hi);
+  rstd = rstd.slice(0, s.lo, s.hi);
 }
 
 struct MaskedLinear : public torch::autograd::Function<MaskedLinear> {
@@ -154,14 +166,7 @@ struct MaskedGroupNorm : public torch::autograd::Function<MaskedGroupNorm> {
       gx = std::get<0>(at::native_group_norm_backward(g, x, mean, rstd, w, n, c, hw, groups, {true, false, false}));
     }
     if (ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
-      if (s.mask.has_value()) {
-        g = pick_grad(g, s, 1);
-      } else {
-        g = g.slice(0, s.lo, s.hi);
-        x = x.slice(0, s.lo, s.hi);
-        mean = mean.slice(0, s.lo, s.hi);
-        rstd = rstd.slice(0, s.lo, s.hi);
-      }
+      pick_norm(g, x, mean, rstd, s, 1);
       auto r = at::native_group_norm_backward(g, x, mean, rstd, w, g.size(0), c, hw, groups,
                                               {false, ctx->needs_input_grad(1), ctx->needs_input_grad(2)});
       gw = std::get<1>(r);
@@ -194,14 +199,7 @@ struct MaskedLayerNorm : public torch::autograd::Function<MaskedLayerNorm> {
     // needs_input_grad counts the tensors given: without a bias, index 2 is not the bias
     bool want_b = b.defined() && ctx->needs_input_grad(2);
     if (ctx->needs_input_grad(1) || want_b) {
-      if (s.mask.has_value()) {
-        g = pick_grad(g, s, -1);
-      } else {
-        g = g.slice(0, s.lo, s.hi);
-        x = x.slice(0, s.lo, s.hi);
-        mean = mean.slice(0, s.lo, s.hi);
-        rstd = rstd.slice(0, s.lo, s.hi);
-      }
+      pick_norm(g, x, mean, rstd, s, -1);
       auto r = at::native_layer_norm_backward(g, x, shape, mean, rstd, w, bias,
                                               {false, ctx->needs_input_grad(1), want_b});
       gw = std::get<1>(r);

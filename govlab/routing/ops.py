@@ -248,20 +248,17 @@ def conv2d(m, x, sel, live=True, static=None):
 
 
 def group_norm(m, x, sel, live=True, static=None):
-    native = compiled()
+    w, b, native = _p(m.weight, live), _p(m.bias, live), compiled()
     if native is None:
-        return MaskedGroupNorm.apply(x, _p(m.weight, live), _p(m.bias, live), sel, m.num_groups, m.eps)
-    mask, lo, hi = _range(sel, x.shape[0])
-    return native.group_norm(x, _p(m.weight, live), _p(m.bias, live), mask, lo, hi, m.num_groups, m.eps)
+        return MaskedGroupNorm.apply(x, w, b, sel, m.num_groups, m.eps)
+    return native.group_norm(x, w, b, *_range(sel, x.shape[0]), m.num_groups, m.eps)
 
 
 def layer_norm(m, x, sel, live=True, static=None):
-    shape = static or list(m.normalized_shape)
-    native = compiled()
+    w, b, native, shape = _p(m.weight, live), _p(m.bias, live), compiled(), static or list(m.normalized_shape)
     if native is None:
-        return MaskedLayerNorm.apply(x, _p(m.weight, live), _p(m.bias, live), sel, shape, m.eps)
-    mask, lo, hi = _range(sel, x.shape[0])
-    return native.layer_norm(x, _p(m.weight, live), _p(m.bias, live), mask, lo, hi, shape, m.eps)
+        return MaskedLayerNorm.apply(x, w, b, sel, shape, m.eps)
+    return native.layer_norm(x, w, b, *_range(sel, x.shape[0]), shape, m.eps)
 
 
 def embedding(m, x, sel, live=True, static=None):
