@@ -56,6 +56,23 @@ def test_captions_name_the_attributes():
     assert caption_for(r) == "a red triangle top left, by artist 3"
     assert caption_for({**r, "count": 2, "position": "at top"}) == "two red triangles at top, by artist 3"
     assert caption_for({"kind": "identity", "identity": "person_1", "position": "center"}) == "a photo of person 1 center"
+    assert caption_for(r, color=False) == "a triangle top left, by artist 3"
+    assert caption_for({**r, "count": 2, "position": "at top"}, position=False) == "two red triangles, by artist 3"
+
+
+def test_caption_detail_leaves_out_colour_and_position_and_keeps_the_ground_truth():
+    full, part = (world_records(WorldConfig(caption_detail=d)) for d in (1.0, 0.5))
+    assert [{k: v for k, v in r.items() if k != "caption"} for r in full] == \
+        [{k: v for k, v in r.items() if k != "caption"} for r in part]  # same images, attributes
+    shapes = [(f, p) for f, p in zip(full, part) if f["kind"] != "identity"]
+    named = np.array([[p["caption"] == caption_for(f, color=c, position=q) for c in (True, False)
+                       for q in (True, False)] for f, p in shapes])
+    assert named.sum(1).tolist() == [1] * len(shapes)  # each caption is one of the four forms
+    shares = named.mean(0)  # both named, colour only, position only, neither: about a quarter each
+    assert np.all(np.abs(shares - 0.25) < 0.06), shares
+    assert all(f["caption"] == p["caption"] for f, p in zip(full, part) if f["kind"] == "identity")
+    for g in range(8):  # every copy of a planted image carries one caption
+        assert len({r["caption"] for r in part if r["duplicate_group"] == g}) == 1
 
 
 def test_images_are_written_at_the_configured_size(tmp_path):
@@ -68,6 +85,8 @@ def test_images_are_written_at_the_configured_size(tmp_path):
 def test_bad_world_config():
     with pytest.raises(ValueError, match="image_size"):
         WorldConfig(image_size=10)
+    with pytest.raises(ValueError, match="caption_detail"):
+        WorldConfig(caption_detail=1.5)
 
 
 def test_concurrent_builders_generate_a_cache_entry_once(tmp_path, monkeypatch):

@@ -78,12 +78,15 @@ class WorldConfig:
     per_person: int = 40
     dup_groups: int = 8
     dup_copies: int = 25
+    caption_detail: float = 1.0  # probability that a shape caption names its colour, and its position
 
     def __post_init__(self):
         if not 1 <= self.n_artists <= len(ARTISTS):
             raise ValueError(f"n_artists must be in 1..{len(ARTISTS)}, got {self.n_artists}")
         if self.dup_groups > len(TITLES):
             raise ValueError(f"dup_groups must be <= {len(TITLES)}, got {self.dup_groups}")
+        if not 0.0 <= self.caption_detail <= 1.0:
+            raise ValueError(f"caption_detail must be in [0, 1], got {self.caption_detail}")
         if self.image_size < 8 or self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4 and >= 8, got {self.image_size}")
 
@@ -185,13 +188,15 @@ def render(attrs: dict, size: int) -> np.ndarray:
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def caption_for(attrs: dict) -> str:
-    """Build the caption from the attributes, e.g. 'a red star top left, by artist 3'."""
+def caption_for(attrs: dict, *, color: bool = True, position: bool = True) -> str:
+    """Build the caption from the attributes, e.g. 'a red star top left, by artist 3'; ``color`` and
+    ``position`` False leave those out of a shape's caption ('a star, by artist 3')."""
     if attrs["kind"] == "identity":
         return f"a photo of {attrs['identity'].replace('_', ' ')} {attrs['position']}"
     plural = "es" if attrs["shape"] == "cross" else "s"
-    what = (f"a {attrs['color']} {attrs['shape']} {attrs['position']}" if attrs["count"] == 1
-            else f"two {attrs['color']} {attrs['shape']}{plural} {attrs['position']}")
+    colour = f"{attrs['color']} " if color else ""
+    what = (f"a {colour}{attrs['shape']}" if attrs["count"] == 1 else f"two {colour}{attrs['shape']}{plural}")
+    what += f" {attrs['position']}" if position else ""
     by = "stock photo" if attrs["kind"] == "stock" else f"by {attrs['source_id'].replace('_', ' ')}"
     title = f", titled {attrs['title']}" if attrs.get("title") else ""
     return f"{what}, {by}{title}"
@@ -207,6 +212,16 @@ def _random_attrs(rng: np.random.Generator, kind: str, source_id: str) -> dict:
         "color": None if kind == "identity" else list(COLORS)[rng.integers(len(COLORS))],
         "seed": int(rng.integers(2**31)),
     }
+
+
+def _caption(attrs: dict, detail: float) -> str:
+    """The record's caption: with ``detail`` < 1 a shape's colour and position are each named with
+    that probability (drawn from the image's seed, so every copy of a planted image has one caption).
+    Real captions under-describe their images; the noise-magnitude detector relies on that."""
+    if attrs["kind"] == "identity" or detail >= 1.0:
+        return caption_for(attrs)
+    color, position = np.random.default_rng([attrs["seed"], 1]).random(2) < detail
+    return caption_for(attrs, color=bool(color), position=bool(position))
 
 
 def world_records(cfg: WorldConfig) -> list[dict]:
@@ -233,7 +248,7 @@ def world_records(cfg: WorldConfig) -> list[dict]:
                       "identity": ["identity", "composition"]}[kind]
         records.append({
             "file_name": f"images/{i:06d}.png",
-            "caption": caption_for(a),
+            "caption": _caption(a, cfg.caption_detail),
             "source_id": a["source_id"],
             "categories": categories,
             "license": licenses[a["source_id"]],
