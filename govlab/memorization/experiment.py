@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out")
     p.add_argument("--detector", default="regeneration", choices=("noise", "regeneration"))
     p.add_argument("interventions", nargs="*", help=f"any of {', '.join(INTERVENTIONS)} (default: all)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # options may come between the positionals
     unknown = [i for i in args.interventions if i not in INTERVENTIONS]
     if unknown:  # checked here: argparse's choices reject an empty list on Python 3.11
         p.error(f"unknown intervention {unknown[0]!r} (choose from {', '.join(INTERVENTIONS)})")
