@@ -82,8 +82,8 @@ def read_experiment(workdir: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m govlab.memorization.experiment OUT [--detector D] [INTERVENTION ...]``: the
-    ``memorization`` preset, one training and audit per intervention, each under ``OUT/NAME`` (its own
+    """``python -m govlab.memorization.experiment OUT [--detector D] [--config FILE] [INTERVENTION ...]``:
+    the ``memorization`` preset (overlaid with ``FILE``), one training and audit per intervention, each under ``OUT/NAME`` (its own
     ``experiment.json``), one JSON line per intervention (without the curves) on stdout."""
     import argparse
 
@@ -92,12 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m govlab.memorization.experiment")
     p.add_argument("out")
     p.add_argument("--detector", default="regeneration", choices=("noise", "regeneration"))
+    p.add_argument("--config", help="a YAML file overlaid on the preset, e.g. world: {caption_detail: 1}")
     p.add_argument("interventions", nargs="*", help=f"any of {', '.join(INTERVENTIONS)} (default: all)")
     args = p.parse_intermixed_args(argv)  # options may come between the positionals
     unknown = [i for i in args.interventions if i not in INTERVENTIONS]
     if unknown:  # checked here: argparse's choices reject an empty list on Python 3.11
         p.error(f"unknown intervention {unknown[0]!r} (choose from {', '.join(INTERVENTIONS)})")
-    cfg = from_dict({"memorization": {"detector": args.detector}}, base=load_config("memorization"))
+    cfg = from_dict({"memorization": {"detector": args.detector}}, base=load_config("memorization", args.config))
     for name in args.interventions or INTERVENTIONS:
         res = run_experiment(cfg, Path(args.out) / name, interventions=(name,), progress=True)[name]
         print(json.dumps({"intervention": name, **{k: v for k, v in res.items() if k != "curves"}}), flush=True)

@@ -24,13 +24,16 @@ def test_default_is_every_intervention_and_unknown_names_are_refused(tmp_path, c
     assert len(ran) == len(experiment.INTERVENTIONS)
 
 
-def test_the_detector_option_may_come_before_the_interventions(tmp_path):
+def test_options_may_come_before_the_interventions_and_a_config_overlays_the_preset(tmp_path):
     ran = []
 
     def fake(cfg, out, interventions, progress):
-        ran.append((interventions[0], cfg.memorization.detector))
+        ran.append((interventions[0], cfg.memorization.detector, cfg.world.caption_detail))
         return {interventions[0]: {}}
 
+    overlay = tmp_path / "c.yaml"
+    overlay.write_text("world: {caption_detail: 1}\n")
     with mock.patch.object(experiment, "run_experiment", side_effect=fake):
         experiment.main([str(tmp_path), "--detector", "noise", "none", "drop"])
-    assert ran == [("none", "noise"), ("drop", "noise")]
+        experiment.main([str(tmp_path), "--config", str(overlay), "none"])
+    assert ran == [("none", "noise", 0.5), ("drop", "noise", 0.5), ("none", "regeneration", 1.0)]
