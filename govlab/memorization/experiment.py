@@ -9,6 +9,7 @@ from pathlib import Path
 
 from govlab.config import RunConfig
 from govlab.data.cache import run_dataset
+from govlab.errors import GovlabError
 from govlab.hooks import EventLog
 from govlab.memorization.audit import audit_run, is_planted
 from govlab.memorization.detectors import detection_auc
@@ -83,8 +84,9 @@ def read_experiment(workdir: str | Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m govlab.memorization.experiment OUT [--detector D] [--config FILE] [INTERVENTION ...]``:
-    the ``memorization`` preset (overlaid with ``FILE``), one training and audit per intervention, each under ``OUT/NAME`` (its own
-    ``experiment.json``), one JSON line per intervention (without the curves) on stdout."""
+    the ``memorization`` preset (overlaid with ``FILE``), one training and audit per intervention,
+    each under ``OUT/NAME`` (its own ``experiment.json``), one JSON line per intervention (without
+    the curves) on stdout."""
     import argparse
 
     from govlab.config import from_dict, load_config
@@ -98,7 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [i for i in args.interventions if i not in INTERVENTIONS]
     if unknown:  # checked here: argparse's choices reject an empty list on Python 3.11
         p.error(f"unknown intervention {unknown[0]!r} (choose from {', '.join(INTERVENTIONS)})")
-    cfg = from_dict({"memorization": {"detector": args.detector}}, base=load_config("memorization", args.config))
+    try:  # a missing or invalid --config file: one line, before anything is written
+        cfg = from_dict({"memorization": {"detector": args.detector}}, base=load_config("memorization", args.config))
+    except GovlabError as e:
+        p.error(str(e))
     for name in args.interventions or INTERVENTIONS:
         res = run_experiment(cfg, Path(args.out) / name, interventions=(name,), progress=True)[name]
         print(json.dumps({"intervention": name, **{k: v for k, v in res.items() if k != "curves"}}), flush=True)

@@ -37,3 +37,16 @@ def test_options_may_come_before_the_interventions_and_a_config_overlays_the_pre
         experiment.main([str(tmp_path), "--detector", "noise", "none", "drop"])
         experiment.main([str(tmp_path), "--config", str(overlay), "none"])
     assert ran == [("none", "noise", 0.5), ("drop", "noise", 0.5), ("none", "regeneration", 1.0)]
+
+
+@pytest.mark.parametrize("text, message", [(None, "config file not found"),
+                                           ("world: {caption_detail: 2}", "caption_detail must be in [0, 1]")])
+def test_a_bad_config_file_is_one_error_and_nothing_is_written(tmp_path, capsys, text, message):
+    overlay = tmp_path / "c.yaml"
+    if text is not None:
+        overlay.write_text(text)
+    with mock.patch.object(experiment, "run_experiment") as run, pytest.raises(SystemExit) as e:
+        experiment.main([str(tmp_path / "out"), "--config", str(overlay), "none"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+    assert not run.called and not (tmp_path / "out").exists()
