@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 MODES = ("off", "monitor")
 DETECTORS = ("noise", "regeneration")
-INTERVENTIONS = ("none", "attenuate", "regularize", "drop")
+INTERVENTIONS = ("none", "attenuate", "regularize", "drop", "deduplicate")
 REGULARIZERS = ("caption", "embedding")
 WATCH_MODES = ("all", "rotating")
 # score range of each detector: noise-magnitude is a norm, regeneration is 1 - min(1, l2 ratio)
@@ -29,8 +29,9 @@ class MemorizationConfig:
     ``intervention`` to every flagged sample and its copies (same caption; same image too for the
     regeneration detector) from then on: ``attenuate`` (loss weight x ``factor``), ``regularize`` (``caption``: each word replaced by a
     random vocabulary word with probability ``strength``; ``embedding``: Gaussian noise of std
-    ``strength`` on its caption embedding), ``drop`` (excluded from later epochs), or ``none``
-    (monitor only: training is exactly that of an unmonitored run).
+    ``strength`` on its caption embedding), ``drop`` (excluded from later epochs), ``deduplicate``
+    (one row of each flagged image kept, its pixel-identical copies excluded from later epochs), or
+    ``none`` (monitor only: training is exactly that of an unmonitored run).
     """
 
     mode: str = "off"  # off | monitor
@@ -41,7 +42,7 @@ class MemorizationConfig:
     start: int = 100
     threshold: float | None = None
     calibrate_k: float = 6.0
-    intervention: str = "drop"  # none | attenuate | regularize | drop (measured best: README)
+    intervention: str = "drop"  # none | attenuate | regularize | drop | deduplicate (README)
     factor: float = 0.0  # attenuate: loss weight of a flagged sample
     regularize: str = "caption"  # caption | embedding
     strength: float = 0.5

@@ -12,10 +12,9 @@ from govlab.data.cache import run_dataset
 from govlab.errors import GovlabError
 from govlab.hooks import EventLog
 from govlab.memorization.audit import audit_run, is_planted
+from govlab.memorization.config import INTERVENTIONS
 from govlab.memorization.detectors import detection_auc
 from govlab.memorization.monitor import read_monitor
-
-INTERVENTIONS = ("none", "attenuate", "regularize", "drop")
 
 
 def configs(cfg: RunConfig, interventions=INTERVENTIONS) -> dict[str, RunConfig]:

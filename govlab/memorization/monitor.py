@@ -65,6 +65,8 @@ class MemorizationMonitor(Hook):
         self.rows_of: dict[tuple, list[int]] = {}
         for i, k in enumerate(self.keys):
             self.rows_of.setdefault(k, []).append(i)
+        first: dict[tuple, int] = {}  # (key, image) -> its lowest row
+        self.first_copy = [first.setdefault((k, int(self.image_of[i])), i) for i, k in enumerate(self.keys)]
         self.rng = torch.Generator().manual_seed(cfg.seed + 1)
         self.latest_scores: dict[int, float] = {}
         self.flagged: dict[int, int] = {}
@@ -93,8 +95,9 @@ class MemorizationMonitor(Hook):
         self.cursor = (self.cursor + len(rows)) % n
         return rows
 
-    def score(self, trainer, rows: list[int]) -> dict[int, float]:
-        """Detector score of each row (rows with the same key are scored once)."""
+    def score(self, trainer, rows: list[int], step: int = 0) -> dict[int, float]:
+        """Detector score of each row (rows with the same key are scored once). The noise-magnitude
+        detector draws its noises afresh at each check (seeded by ``step``)."""
         first: dict[tuple, int] = {}
         for r in rows:
             first.setdefault(self.keys[r], r)
@@ -102,7 +105,7 @@ class MemorizationMonitor(Hook):
         c = self.cfg
         if c.detector == "noise":
             s = noise_magnitude(trainer.model, trainer.tokens[reps], noises=c.noises, timesteps=c.timesteps,
-                                seed=c.seed)
+                                seed=c.seed + step)
         else:
             s = regeneration_scores(trainer.model, [self.records[r]["caption"] for r in reps],
                                     self.image_of[reps], self.train_features, seeds=c.seeds, steps=c.steps,
@@ -121,7 +124,7 @@ class MemorizationMonitor(Hook):
         """Score the next watched rows, flag those above the threshold together with every copy (row
         with the same key, watched or not) and log; returns the newly flagged rows."""
         rows = self.next_rows()
-        scores = self.score(trainer, rows)
+        scores = self.score(trainer, rows, step)
         self.latest_scores.update(scores)
         self.threshold = self.current_threshold()
         above = [r for r in rows if scores[r] > self.threshold]
@@ -140,8 +143,15 @@ class MemorizationMonitor(Hook):
         new = list(copy_of)
         if new and self.cfg.intervention == "drop":
             trainer.sampler.exclude(new)
+        elif new and self.cfg.intervention == "deduplicate":
+            trainer.sampler.exclude(self.duplicates(new))
         self.history.append({"step": step, "threshold": self.threshold, "scores": scores})
         return new
+
+    def duplicates(self, rows: list[int]) -> list[int]:
+        """The rows of ``rows`` that repeat a lower row's key and image: all but one row of each
+        flagged image."""
+        return [r for r in rows if self.first_copy[r] != r]
 
     def log_interventions(self, events, step: int) -> None:
         """One event per action: the samples it was applied to since the last check."""
@@ -157,7 +167,7 @@ class MemorizationMonitor(Hook):
 
     def before_forward(self, ctx: StepContext) -> None:
         self._active = [i for i, r in enumerate(ctx.indices.tolist()) if r in self.flagged]
-        if not self._active or self.cfg.intervention in ("none", "drop"):
+        if not self._active or self.cfg.intervention in ("none", "drop", "deduplicate"):
             return
         self.applied.setdefault(self.action, set()).update(int(ctx.indices[i]) for i in self._active)
         if self.cfg.intervention == "regularize" and self.cfg.regularize == "caption":

@@ -117,6 +117,16 @@ def test_a_flag_covers_every_unwatched_copy_of_the_flagged_sample(mem_cfg, smoke
                for c in copies[1:])
 
 
+def test_deduplicate_keeps_one_row_of_each_flagged_image(mem_cfg, smoke_dataset, tmp_path):
+    copies = [i for i, r in enumerate(smoke_dataset.records) if r.get("duplicate_group", -1) == 0]
+    single = next(i for i, r in enumerate(smoke_dataset.records) if r.get("duplicate_group", -1) < 0)
+    t = trainer(mem_cfg(intervention="deduplicate", watch=(copies[-1], single), threshold=1e-9), smoke_dataset,
+                tmp_path).fit()
+    assert len(copies) > 2 and t.sampler.excluded == set(copies[1:])  # the lowest copy trains on; single too
+    assert {e["sample"] for e in flags(tmp_path)} == {*copies, single}
+    assert all(e["action"] == "deduplicate" for e in flags(tmp_path))
+
+
 def test_resume_restores_the_monitor(mem_cfg, smoke_dataset, tmp_path):
     cfg = mem_cfg(intervention="attenuate", watch="rotating", watch_size=10, threshold=1e-9)
     straight = trainer(cfg, smoke_dataset, tmp_path / "a").fit()
