@@ -15,6 +15,9 @@ SCORE_RANGE = {"noise": (0.0, math.inf), "regeneration": (0.0, 1.0)}
 # where a calibrated threshold may land: a regeneration score above 2/3 (l2 ratio below 1/3) is the
 # literature's extraction criterion and always flags; below 1/3 (ratio above 2/3) never does
 CALIBRATED_RANGE = {"noise": (0.0, math.inf), "regeneration": (1 / 3, 2 / 3)}
+# default k of a calibrated threshold (median + k MAD): the noise-magnitude score of one check is
+# noisy, and k = 6 flagged 1 to 3 of the 8 planted images of the memorization preset (README)
+CALIBRATE_K = {"noise": 3.0, "regeneration": 6.0}
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,11 @@ class MemorizationConfig:
     Every ``every`` steps from step ``start`` on, the monitor scores the captions of the watched
     samples (``watch``: ``all``, ``rotating`` = ``watch_size`` rows per check in a fixed shuffled
     cycle, or a list of dataset rows / file names) with ``detector``, flags samples scoring above
-    ``threshold`` (``null``: calibrated at each check as median + ``calibrate_k`` x MAD of the latest
-    score of every caption seen so far, kept within the detector's ``CALIBRATED_RANGE``) and applies
-    ``intervention`` to every flagged sample and its copies (same caption; same image too for the
-    regeneration detector) from then on: ``attenuate`` (loss weight x ``factor``), ``regularize`` (``caption``: each word replaced by a
+    ``threshold`` (``null``: calibrated at each check as median + k x MAD of the latest score of
+    every caption seen so far, k = ``calibrate_k`` or the detector's ``CALIBRATE_K``, kept within
+    the detector's ``CALIBRATED_RANGE``) and applies ``intervention`` to every flagged sample and
+    its copies (same caption; same image too for the regeneration detector) from then on:
+    ``attenuate`` (loss weight x ``factor``), ``regularize`` (``caption``: each word replaced by a
     random vocabulary word with probability ``strength``; ``embedding``: Gaussian noise of std
     ``strength`` on its caption embedding), ``drop`` (excluded from later epochs), ``deduplicate``
     (one row of each flagged image kept, its pixel-identical copies excluded from later epochs), or
@@ -41,7 +45,7 @@ class MemorizationConfig:
     every: int = 100
     start: int = 100
     threshold: float | None = None
-    calibrate_k: float = 6.0
+    calibrate_k: float | None = None  # None: CALIBRATE_K[detector]
     intervention: str = "drop"  # none | attenuate | regularize | drop | deduplicate (README)
     factor: float = 0.0  # attenuate: loss weight of a flagged sample
     regularize: str = "caption"  # caption | embedding
@@ -65,7 +69,8 @@ class MemorizationConfig:
         for name in ("watch_size", "every", "noises", "seeds", "steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.start < 0 or not self.calibrate_k > 0 or self.factor < 0 or self.strength < 0:
+        if self.start < 0 or not (self.calibrate_k is None or self.calibrate_k > 0) or self.factor < 0 \
+                or self.strength < 0:
             raise ValueError("start, factor and strength must be >= 0 and calibrate_k > 0")
         if not self.timesteps or not all(0 <= t < 1000 for t in self.timesteps):
             raise ValueError(f"timesteps must be a non-empty list in 0..999, got {self.timesteps!r}")

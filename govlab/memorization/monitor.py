@@ -12,7 +12,7 @@ from govlab.data.dataset import Dataset
 from govlab.errors import GovlabError
 from govlab.hooks import Hook, StepContext
 from govlab.io import write_json
-from govlab.memorization.config import CALIBRATED_RANGE, MemorizationConfig
+from govlab.memorization.config import CALIBRATE_K, CALIBRATED_RANGE, MemorizationConfig
 from govlab.memorization.detectors import noise_magnitude, pixel_features, regeneration_scores, unique_images
 
 MONITOR_FILE = "memorization.json"
@@ -118,7 +118,8 @@ class MemorizationMonitor(Hook):
             return self.cfg.threshold
         per_key = {self.keys[r]: s for r, s in self.latest_scores.items()}
         lo, hi = CALIBRATED_RANGE[self.cfg.detector]
-        return min(max(calibrate(list(per_key.values()), self.cfg.calibrate_k), lo), hi)
+        k = CALIBRATE_K[self.cfg.detector] if self.cfg.calibrate_k is None else self.cfg.calibrate_k
+        return min(max(calibrate(list(per_key.values()), k), lo), hi)
 
     def check(self, trainer, step: int) -> list[int]:
         """Score the next watched rows, flag those above the threshold together with every copy (row

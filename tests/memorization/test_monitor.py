@@ -68,6 +68,21 @@ def test_calibrated_regeneration_threshold_stays_between_the_criteria(smoke_data
     assert noise.current_threshold() == 0.0
 
 
+def test_each_detector_calibrates_with_its_own_k_unless_one_is_given(smoke_dataset):
+    from govlab.memorization.monitor import calibrate
+
+    scores = {r: float(r % 7) for r in range(len(smoke_dataset))}
+    for detector, k in (("noise", 3.0), ("noise", 1.5), ("regeneration", 6.0)):
+        cfg = MemorizationConfig(mode="monitor", detector=detector, calibrate_k=None if k in (3.0, 6.0) else k)
+        mon = MemorizationMonitor(cfg, smoke_dataset)
+        mon.latest_scores = {r: s / 10 for r, s in scores.items()}  # regeneration scores lie in [0, 1]
+        per_key = list({mon.keys[r]: s for r, s in mon.latest_scores.items()}.values())
+        lo, hi = (1 / 3, 2 / 3) if detector == "regeneration" else (0.0, float("inf"))
+        assert mon.current_threshold() == pytest.approx(min(max(calibrate(per_key, k), lo), hi))
+    with pytest.raises(ValueError, match="calibrate_k"):
+        MemorizationConfig(calibrate_k=0)
+
+
 def _ctx(t, rows):
     idx = torch.tensor(rows)
     return StepContext(step=0, indices=idx, records=[t.dataset.records[i] for i in rows], x0=t.images[idx],
