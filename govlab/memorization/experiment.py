@@ -24,20 +24,28 @@ def configs(cfg: RunConfig, interventions=INTERVENTIONS) -> dict[str, RunConfig]
             for i in interventions}
 
 
-def score_curves(run: str | Path, records: list[dict]) -> list[dict]:
+def score_curves(run: str | Path, records: list[dict], recent: int = 3) -> list[dict]:
     """Per monitor check: mean score of planted duplicates and of the others (one value per
-    distinct caption, latest score so far), the threshold and the detector's AUC."""
-    latest: dict[str, tuple[float, bool]] = {}
+    distinct caption, latest score so far), the threshold, the detector's AUC (``auc``) and its AUC
+    when each caption's score is the mean of its last ``recent`` checks (``auc_recent``)."""
+    scores: dict[str, list[float]] = {}
+    planted_caption = {r["caption"]: is_planted(r) for r in records}
     out = []
     for h in read_monitor(run)["history"]:
-        for r, s in h["scores"].items():
-            latest[records[r]["caption"]] = (s, is_planted(records[r]))
-        planted = [s for s, p in latest.values() if p]
-        others = [s for s, p in latest.values() if not p]
+        check = {records[r]["caption"]: s for r, s in h["scores"].items()}  # copies: one score a check
+        for c, s in check.items():
+            scores.setdefault(c, []).append(s)
+        captions = list(scores)
+        latest = [scores[c][-1] for c in captions]
+        label = [planted_caption[c] for c in captions]
+        planted = [s for s, p in zip(latest, label) if p]
+        others = [s for s, p in zip(latest, label) if not p]
         out.append({"step": h["step"], "threshold": h["threshold"],
                     "planted": sum(planted) / len(planted) if planted else None,
                     "others": sum(others) / len(others) if others else None,
-                    "auc": detection_auc([s for s, _ in latest.values()], [p for _, p in latest.values()])})
+                    "auc": detection_auc(latest, label),
+                    "auc_recent": detection_auc([sum(scores[c][-recent:]) / len(scores[c][-recent:])
+                                                 for c in captions], label)})
     return out
 
 
