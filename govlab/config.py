@@ -62,7 +62,7 @@ class RunConfig:
 
     def hash(self) -> str:
         d = self.to_dict()
-        if self.memorization == MemorizationConfig():  # hashes of runs from before the section
+        if self.memorization.mode == "off":  # the section does not act: hashes of runs from before it
             del d["memorization"]
         if self.provenance == ProvenanceConfig():  # likewise
             del d["provenance"]

@@ -16,7 +16,7 @@ SCORE_RANGE = {"noise": (0.0, math.inf), "regeneration": (0.0, 1.0)}
 # literature's extraction criterion and always flags; below 1/3 (ratio above 2/3) never does
 CALIBRATED_RANGE = {"noise": (0.0, math.inf), "regeneration": (1 / 3, 2 / 3)}
 # default k of a calibrated threshold (median + k MAD): the noise-magnitude score of one check is
-# noisy, and k = 6 flagged 1 to 3 of the 8 planted images of the memorization preset (README)
+# noisy; k = 6 flagged 1 to 3 of the 8 planted images of the memorization preset, k = 3 all (README)
 CALIBRATE_K = {"noise": 3.0, "regeneration": 6.0}
 
 
@@ -34,8 +34,8 @@ class MemorizationConfig:
     ``attenuate`` (loss weight x ``factor``), ``regularize`` (``caption``: each word replaced by a
     random vocabulary word with probability ``strength``; ``embedding``: Gaussian noise of std
     ``strength`` on its caption embedding), ``drop`` (excluded from later epochs), ``deduplicate``
-    (one row of each flagged image kept, its pixel-identical copies excluded from later epochs), or
-    ``none`` (monitor only: training is exactly that of an unmonitored run).
+    (one row of each flagged key and image kept, the rows repeating it excluded from later epochs),
+    or ``none`` (monitor only: training is exactly that of an unmonitored run).
     """
 
     mode: str = "off"  # off | monitor

@@ -27,7 +27,10 @@ def configs(cfg: RunConfig, interventions=INTERVENTIONS) -> dict[str, RunConfig]
 def score_curves(run: str | Path, records: list[dict], recent: int = 3) -> list[dict]:
     """Per monitor check: mean score of planted duplicates and of the others (one value per
     distinct caption, latest score so far), the threshold, the detector's AUC (``auc``) and its AUC
-    when each caption's score is the mean of its last ``recent`` checks (``auc_recent``)."""
+    when each caption's score is the mean of its last ``recent`` scores (``auc_recent``; a caption
+    is scored at the checks that watch one of its rows)."""
+    if recent < 1:
+        raise ValueError(f"recent must be >= 1, got {recent}")
     scores: dict[str, list[float]] = {}
     planted_caption = {r["caption"]: is_planted(r) for r in records}
     out = []

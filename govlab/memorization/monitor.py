@@ -65,8 +65,6 @@ class MemorizationMonitor(Hook):
         self.rows_of: dict[tuple, list[int]] = {}
         for i, k in enumerate(self.keys):
             self.rows_of.setdefault(k, []).append(i)
-        first: dict[tuple, int] = {}  # (key, image) -> its lowest row
-        self.first_copy = [first.setdefault((k, int(self.image_of[i])), i) for i, k in enumerate(self.keys)]
         self.rng = torch.Generator().manual_seed(cfg.seed + 1)
         self.latest_scores: dict[int, float] = {}
         self.flagged: dict[int, int] = {}
@@ -95,7 +93,7 @@ class MemorizationMonitor(Hook):
         self.cursor = (self.cursor + len(rows)) % n
         return rows
 
-    def score(self, trainer, rows: list[int], step: int = 0) -> dict[int, float]:
+    def score(self, trainer, rows: list[int], step: int) -> dict[int, float]:
         """Detector score of each row (rows with the same key are scored once). The noise-magnitude
         detector draws its noises afresh at each check (seeded by ``step``)."""
         first: dict[tuple, int] = {}
@@ -134,25 +132,34 @@ class MemorizationMonitor(Hook):
             for c in self.rows_of[self.keys[r]]:
                 if c not in self.flagged:
                     copy_of.setdefault(c, r)
+        new = list(copy_of)
+        dedupe = self.cfg.intervention == "deduplicate"
+        excluded = set(new if self.cfg.intervention == "drop" else
+                       self.duplicates(new, trainer.sampler.excluded) if dedupe else ())
         events = trainer.events
         self.log_interventions(events, step)
         for c, r in copy_of.items():
             self.flagged[c] = step
             events.write("memorization_flag", step=step, sample=c, file=self.records[c]["file_name"],
                          score=round(scores[r], 6), threshold=round(self.threshold, 6), action=self.action,
-                         detector=self.cfg.detector, **({} if c == r else {"copy_of": r}))
-        new = list(copy_of)
-        if new and self.cfg.intervention == "drop":
-            trainer.sampler.exclude(new)
-        elif new and self.cfg.intervention == "deduplicate":
-            trainer.sampler.exclude(self.duplicates(new))
+                         detector=self.cfg.detector, **({} if c == r else {"copy_of": r}),
+                         **({"excluded": c in excluded} if dedupe else {}))
+        if excluded:
+            trainer.sampler.exclude(sorted(excluded))
         self.history.append({"step": step, "threshold": self.threshold, "scores": scores})
         return new
 
-    def duplicates(self, rows: list[int]) -> list[int]:
-        """The rows of ``rows`` that repeat a lower row's key and image: all but one row of each
-        flagged image."""
-        return [r for r in rows if self.first_copy[r] != r]
+    def duplicates(self, rows: list[int], excluded=frozenset()) -> list[int]:
+        """All of ``rows`` but one of each (key, image): the lowest row not already ``excluded``
+        (e.g. by an opt-out) is kept."""
+        groups: dict[tuple, list[int]] = {}
+        for r in rows:
+            groups.setdefault((self.keys[r], int(self.image_of[r])), []).append(r)
+        out = []
+        for group in groups.values():
+            keep = min((r for r in group if r not in excluded), default=None)
+            out += [r for r in group if r != keep]
+        return out
 
     def log_interventions(self, events, step: int) -> None:
         """One event per action: the samples it was applied to since the last check."""

@@ -22,3 +22,5 @@ def test_recent_auc_averages_each_caption_over_its_last_checks_once_per_check(tm
     # p 0.43, below a
     assert curves[-1]["auc_recent"] == 1.0
     assert curves[-1]["planted"] == pytest.approx(0.2) and curves[-1]["others"] == pytest.approx(0.65)
+    with pytest.raises(ValueError, match="recent"):
+        score_curves(tmp_path, records, recent=0)

@@ -71,14 +71,18 @@ def test_calibrated_regeneration_threshold_stays_between_the_criteria(smoke_data
 def test_each_detector_calibrates_with_its_own_k_unless_one_is_given(smoke_dataset):
     from govlab.memorization.monitor import calibrate
 
-    scores = {r: float(r % 7) for r in range(len(smoke_dataset))}
-    for detector, k in (("noise", 3.0), ("noise", 1.5), ("regeneration", 6.0)):
-        cfg = MemorizationConfig(mode="monitor", detector=detector, calibrate_k=None if k in (3.0, 6.0) else k)
-        mon = MemorizationMonitor(cfg, smoke_dataset)
-        mon.latest_scores = {r: s / 10 for r, s in scores.items()}  # regeneration scores lie in [0, 1]
+    scores = {r: 0.4 + 0.002 * (r % 7) for r in range(len(smoke_dataset))}  # median + 3 or 6 MAD: in (1/3, 2/3)
+    thresholds = {}
+    for detector, k in (("noise", 3.0), ("noise", 1.5), ("regeneration", 6.0), ("regeneration", 3.0)):
+        default = k == {"noise": 3.0, "regeneration": 6.0}[detector]
+        mon = MemorizationMonitor(MemorizationConfig(mode="monitor", detector=detector,
+                                                     calibrate_k=None if default else k), smoke_dataset)
+        mon.latest_scores = dict(scores)
         per_key = list({mon.keys[r]: s for r, s in mon.latest_scores.items()}.values())
-        lo, hi = (1 / 3, 2 / 3) if detector == "regeneration" else (0.0, float("inf"))
-        assert mon.current_threshold() == pytest.approx(min(max(calibrate(per_key, k), lo), hi))
+        thresholds[detector, k] = mon.current_threshold()
+        assert thresholds[detector, k] == pytest.approx(calibrate(per_key, k))
+    assert 1 / 3 < thresholds["regeneration", 6.0] < 2 / 3  # not clamped: the default k is what is tested
+    assert len({round(t, 9) for t in thresholds.values()}) == 3  # noise 3 and regeneration 3 coincide
     with pytest.raises(ValueError, match="calibrate_k"):
         MemorizationConfig(calibrate_k=0)
 
@@ -138,8 +142,20 @@ def test_deduplicate_keeps_one_row_of_each_flagged_image(mem_cfg, smoke_dataset,
     t = trainer(mem_cfg(intervention="deduplicate", watch=(copies[-1], single), threshold=1e-9), smoke_dataset,
                 tmp_path).fit()
     assert len(copies) > 2 and t.sampler.excluded == set(copies[1:])  # the lowest copy trains on; single too
-    assert {e["sample"] for e in flags(tmp_path)} == {*copies, single}
-    assert all(e["action"] == "deduplicate" for e in flags(tmp_path))
+    events = {e["sample"]: e for e in flags(tmp_path)}
+    assert set(events) == {*copies, single} and all(e["action"] == "deduplicate" for e in events.values())
+    assert sorted(r for r, e in events.items() if not e["excluded"]) == sorted([copies[0], single])
+
+
+def test_deduplicate_keeps_each_image_of_a_shared_caption_and_skips_rows_already_excluded(mem_cfg, smoke_dataset):
+    mon = MemorizationMonitor(mem_cfg(intervention="deduplicate").memorization, smoke_dataset)
+    copies = [i for i, r in enumerate(smoke_dataset.records) if r.get("duplicate_group", -1) == 0]
+    other = next(i for i, r in enumerate(smoke_dataset.records) if r.get("duplicate_group", -1) < 0)
+    mon.keys[other] = mon.keys[copies[0]]  # a caption shared by two different images (noise detector keys)
+    rows = [*copies, other]
+    assert sorted(mon.duplicates(rows)) == copies[1:]  # one row of each image stays
+    assert sorted(mon.duplicates(rows, excluded={copies[0]})) == sorted([copies[0], *copies[2:]])
+    assert sorted(mon.duplicates(rows, excluded=set(copies))) == copies  # nothing left to keep of that image
 
 
 def test_resume_restores_the_monitor(mem_cfg, smoke_dataset, tmp_path):
@@ -207,6 +223,8 @@ def test_bad_monitor_config_is_one_error(section, message):
 def test_default_config_hash_is_unchanged_by_the_section():
     cfg = load_config("demo")
     assert cfg.hash() == from_dict({"memorization": {"mode": "off"}}, base=cfg).hash()
+    # a run written when calibrate_k defaulted to 6 (its config.yaml spells it out) keeps its hash
+    assert cfg.hash() == from_dict({"memorization": {"mode": "off", "calibrate_k": 6.0}}, base=cfg).hash()
     assert cfg.hash() != from_dict({"memorization": {"mode": "monitor"}}, base=cfg).hash()
 
 
