@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from statistics import fmean
 
 from govlab.config import RunConfig
 from govlab.data.cache import run_dataset
@@ -47,8 +48,7 @@ def score_curves(run: str | Path, records: list[dict], recent: int = 3) -> list[
                     "planted": sum(planted) / len(planted) if planted else None,
                     "others": sum(others) / len(others) if others else None,
                     "auc": detection_auc(latest, label),
-                    "auc_recent": detection_auc([sum(scores[c][-recent:]) / len(scores[c][-recent:])
-                                                 for c in captions], label)})
+                    "auc_recent": detection_auc([fmean(scores[c][-recent:]) for c in captions], label)})
     return out
 
 

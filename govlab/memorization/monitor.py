@@ -134,8 +134,11 @@ class MemorizationMonitor(Hook):
                     copy_of.setdefault(c, r)
         new = list(copy_of)
         dedupe = self.cfg.intervention == "deduplicate"
-        excluded = set(new if self.cfg.intervention == "drop" else
-                       self.duplicates(new, trainer.sampler.excluded) if dedupe else ())
+        excluded: set[int] = set()  # rows leaving the training stream at this check
+        if self.cfg.intervention == "drop":
+            excluded.update(new)
+        elif dedupe:
+            excluded.update(self.duplicates(new, trainer.sampler.excluded))
         events = trainer.events
         self.log_interventions(events, step)
         for c, r in copy_of.items():
