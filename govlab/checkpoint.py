@@ -16,7 +16,7 @@ from govlab.io import atomic_path
 def _split(obj, prefix: str, tensors: dict):
     """Replace tensors by {"__tensor__": key}, collecting them in ``tensors``."""
     if isinstance(obj, torch.Tensor):
-        tensors[prefix] = obj.detach().contiguous().clone()
+        tensors[prefix] = obj.detach().cpu().contiguous().clone()
         return {"__tensor__": prefix}
     if isinstance(obj, dict):
         return {"__dict__": [[k, _split(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()]}

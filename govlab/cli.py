@@ -36,6 +36,7 @@ def train(preset: Optional[str] = typer.Option(None, help=f"Preset name ({', '.j
           data: Optional[Path] = typer.Option(None, help="Dataset folder (images + metadata.jsonl)."),
           out: Optional[Path] = typer.Option(None, help="Run directory (default runs/NAME)."),
           resume: bool = typer.Option(False, help="Continue from the run's checkpoint."),
+          device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N; overrides the config."),
           as_json: bool = JSON):
     """Train a model on the embedded world (or --data) and write the run directory."""
     from govlab.config import from_dict, load_config
@@ -44,6 +45,8 @@ def train(preset: Optional[str] = typer.Option(None, help=f"Preset name ({', '.j
     cfg = load_config(preset if preset or config else "demo", config)
     if data is not None:
         cfg = from_dict({"data": str(data)}, base=cfg)
+    if device is not None:
+        cfg = from_dict({"train": {"device": device}}, base=cfg, where="--device")
     out = out or Path("runs") / cfg.name
     result = train_run(cfg, out, resume=resume, progress=not as_json)
     emit(result, as_json, f"run directory: {result['run']}\nreport: {result['report']}\n"
@@ -259,13 +262,26 @@ def explore(runs: list[Path] = typer.Argument(..., help="Run directories (e.g. a
 
 @app.command()
 def bench(name: str, quick: bool = typer.Option(False, help="Small sizes for a quick check."),
+          device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (train, routing, index, memorization)."),
+          preset: str = typer.Option(None, help="Train on this preset instead of the benchmark's own "
+                                               "(train, routing, index, memorization)."),
           as_json: bool = JSON):
-    """Run a benchmark (train, routing) and print its figures."""
-    from govlab.bench import BENCHMARKS
+    """Run a benchmark and print its figures."""
+    from govlab.bench import BENCHMARKS, TRAINING
 
     if name not in BENCHMARKS:
         raise GovlabError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
-    result = BENCHMARKS[name](quick=quick)
+    if (device != "cpu" or preset is not None) and name not in TRAINING:
+        raise GovlabError(f"--device and --preset apply to {', '.join(TRAINING)}, not {name!r}")
+    options = {"device": device, "preset": preset} if name in TRAINING else {}
+    if name in TRAINING:  # a bad device or preset: one line, before anything runs
+        from govlab.config import from_dict, load_config
+        from govlab.train import training_device
+
+        training_device(from_dict({"train": {"device": device}}, where="--device").train.device)
+        if preset is not None:
+            load_config(preset)
+    result = BENCHMARKS[name](quick=quick, **options)
     emit(result, as_json, json.dumps(result, indent=2))
 
 

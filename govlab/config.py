@@ -32,6 +32,12 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     threads: int = 0  # 0: leave torch's default
+    device: str = "cpu"  # cpu | cuda | cuda:N (the batches are drawn on the CPU either way)
+
+    def __post_init__(self):
+        if not (self.device == "cpu" or self.device == "cuda" or
+                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ class RunConfig:
             del d["memorization"]
         if self.provenance == ProvenanceConfig():  # likewise
             del d["provenance"]
+        if self.train.device == "cpu":  # likewise: runs from before the device setting keep their hash
+            del d["train"]["device"]
         return sha256_json(d)[:16]
 
 

@@ -15,13 +15,14 @@ from govlab.provenance.hook import attach as attach_provenance
 from govlab.provenance.manifest import write_manifest
 from govlab.report import save_sample_grids, write_report
 from govlab.routing.hook import attach
-from govlab.train import Trainer, clear_run
+from govlab.train import Trainer, clear_run, training_device
 
 
 def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: list[Hook] = (),
               progress: bool = True) -> dict:
     """Train, evaluate and report; returns a summary with the run directory and scores."""
     out = Path(out)
+    training_device(cfg.train.device)  # a device torch cannot reach is refused before anything is written
     dataset = run_dataset(cfg, progress=progress)
     sources = dataset.sources  # scored on every source, also those rejected at ingestion
     dataset, routing_hooks = attach(cfg, dataset)

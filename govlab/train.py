@@ -72,6 +72,14 @@ def build_model(cfg: RunConfig, dataset: Dataset) -> TextToImage:
     return TextToImage(cfg.model, tokenizer)
 
 
+def training_device(name: str) -> torch.device:
+    """The device of ``train.device``; a CUDA device that torch cannot reach is refused."""
+    if name != "cpu" and not torch.cuda.is_available():
+        raise GovlabError(f"train.device is {name!r} but torch finds no CUDA device (torch "
+                          f"{torch.__version__}); use device: cpu")
+    return torch.device(name)
+
+
 class Trainer:
     """Owns the model, optimizer, data order and RNG of a run; ``fit`` runs the loop."""
 
@@ -81,7 +89,8 @@ class Trainer:
         self.hooks, self.progress = list(hooks), progress
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.model = model if model is not None else build_model(cfg, dataset)
+        self.device = training_device(cfg.train.device)
+        self.model = (model if model is not None else build_model(cfg, dataset)).to(self.device)
         t = cfg.train
         supplied = [opt for h in self.hooks if (opt := h.on_build(self)) is not None]
         if len(supplied) > 1:
@@ -92,9 +101,9 @@ class Trainer:
         self.sampler = EpochSampler(len(dataset), t.batch_size, t.seed)
         self.rng = torch.Generator().manual_seed(t.seed + 1)
         self.step = 0
-        self.images = to_float(dataset.images)
-        self.tokens = self.model.tokenizer([r["caption"] for r in dataset.records])
-        self.null_tokens = self.model.tokenizer([""])[0]
+        self.images = to_float(dataset.images).to(self.device)
+        self.tokens = self.model.tokenizer([r["caption"] for r in dataset.records]).to(self.device)
+        self.null_tokens = self.model.tokenizer([""])[0].to(self.device)
         self.events = EventLog(self.out / "events.jsonl")
         self.data_hash = dataset.fingerprint()
 
@@ -105,17 +114,20 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------
     def make_context(self) -> StepContext:
+        """The next batch, drawn on the CPU (the same batches on any device), on the run's device;
+        ``indices`` stay on the CPU."""
         idx = self.sampler.next_batch()
-        b, s = len(idx), self.cfg.model.image_size
-        tokens = self.tokens[idx].clone()
+        b, s, dev = len(idx), self.cfg.model.image_size, self.device
         drop = torch.rand(b, generator=self.rng) < self.cfg.train.caption_dropout
-        tokens[drop] = self.null_tokens
         noise = torch.randn(b, 3, s, s, generator=self.rng)
         timesteps = torch.randint(0, self.model.noise_scheduler.config.num_train_timesteps, (b,),
                                   generator=self.rng)
+        rows = idx.to(dev)
+        tokens = self.tokens[rows].clone()
+        tokens[drop.to(dev)] = self.null_tokens
         return StepContext(step=self.step, indices=idx, records=[self.dataset.records[i] for i in idx],
-                           x0=self.images[idx], tokens=tokens, noise=noise, timesteps=timesteps,
-                           weights=torch.ones(b), trainer=self)
+                           x0=self.images[rows], tokens=tokens, noise=noise.to(dev),
+                           timesteps=timesteps.to(dev), weights=torch.ones(b, device=dev), trainer=self)
 
     def train_step(self, ctx: StepContext) -> float:
         for h in self.hooks:

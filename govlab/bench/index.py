@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from govlab.bench.train import paired_ratio, timings
+from govlab.bench.train import on_device, paired_ratio, timings
 from govlab.config import from_dict, load_config
 from govlab.data.cache import run_dataset
 from govlab.provenance.config import ProvenanceConfig
@@ -52,11 +52,13 @@ def indexed_pair(cfg, dataset, out: str, routing: bool) -> dict:
             "indexed": lambda: indexed.train_step(indexed.make_context())}
 
 
-def bench_index(*, quick: bool = False) -> dict:
+def bench_index(*, quick: bool = False, device: str = "cpu", preset: str | None = None) -> dict:
     """Step with the index writer over step without (same process, interleaved rounds, paired
     ratio), routing off and on (per-source slots beside the caption encoder, or beside the UNet's
-    cross-attention projections); index bytes for 1k and 100k records; query milliseconds."""
-    cfg = load_config("smoke" if quick else "demo")
+    cross-attention projections); index bytes for 1k and 100k records; query milliseconds. On the
+    ``smoke`` preset with ``quick``, else ``demo``, or ``preset``."""
+    preset = preset or ("smoke" if quick else "demo")
+    cfg = on_device(load_config(preset), device)
     dataset = run_dataset(cfg, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         times = timings(indexed_pair(cfg, dataset, f"{tmp}/off", routing=False), repeats=16 if quick else 40)
@@ -82,4 +84,4 @@ def bench_index(*, quick: bool = False) -> dict:
             "step_s": round(med["plain"], 4), "indexed_step_s": round(med["indexed"], 4),
             "bytes_1k": b1k, "bytes_100k": b100k, "query_ms": round(1000 * statistics.median(q), 2),
             "sources": len(dataset.sources), "batch_size": cfg.train.batch_size, "granularity": "cohort",
-            "quick": quick}
+            "preset": preset, "device": device, "quick": quick}

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import torch
 
+from govlab.bench.train import on_device
 from govlab.config import load_config
 from govlab.data.cache import run_dataset
 from govlab.memorization.audit import is_planted
@@ -26,12 +27,14 @@ def caption_auc(model, trainer, records: list[dict], **kw) -> float | None:
     return detection_auc(scores.tolist(), [is_planted(records[i]) for i in rows])
 
 
-def bench_memorization(*, quick: bool = False, preset: str = "memorization", every: int | None = None) -> dict:
+def bench_memorization(*, quick: bool = False, device: str = "cpu", preset: str | None = None,
+                       every: int | None = None) -> dict:
     """Blocks of ``every`` steps (one monitor check each), monitored and plain alternately, same
     process, same batches (the monitor with intervention ``none`` leaves training unchanged);
     ``overhead_ratio`` = monitored seconds / plain seconds. Then the AUC of the detector on the
-    trained model. ``every`` overrides the cadence (tests)."""
-    cfg = load_config(preset)
+    trained model, on the ``memorization`` preset or ``preset``. ``every`` overrides the cadence (tests)."""
+    preset = preset or "memorization"
+    cfg = on_device(load_config(preset), device)
     mon = replace(cfg, memorization=replace(cfg.memorization, mode="monitor", intervention="none", start=0,
                                             every=every or cfg.memorization.every))
     dataset = run_dataset(cfg, progress=False)
@@ -59,4 +62,5 @@ def bench_memorization(*, quick: bool = False, preset: str = "memorization", eve
     return {"overhead_ratio": round(seconds["monitored"] / seconds["plain"], 4), "auc": auc,
             "monitored_step_s": round(seconds["monitored"] / steps, 4), "plain_step_s": round(seconds["plain"] / steps, 4),
             "every": every, "watch_size": m.watch_size, "detector": m.detector, "steps_trained": (blocks + 1) * every,
-            "training_unchanged": same, "preset": preset, "threads": torch.get_num_threads(), "quick": quick}
+            "training_unchanged": same, "preset": preset, "device": device, "threads": torch.get_num_threads(),
+            "quick": quick}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 
 import torch
 
-from govlab.bench.train import paired_ratio, timings
+from govlab.bench.train import on_device, paired_ratio, timings
 from govlab.config import from_dict, load_config
 from govlab.data.cache import run_dataset
 from govlab.routing import RoutedAdamW, attach, ops, prepare
@@ -15,16 +16,31 @@ from govlab.routing.reference import compare, groups, leakage, naive_backward, r
 from govlab.train import Trainer
 
 
+@contextlib.contextmanager
+def full_precision():
+    """No TF32 inside (Hopper's default for cuDNN convolutions); nothing changes on a CPU."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def _batch(ctx) -> dict:
     return {"x0": ctx.x0, "tokens": ctx.tokens, "noise": ctx.noise, "timesteps": ctx.timesteps,
             "weights": ctx.weights}
 
 
-def bench_routing(*, quick: bool = False) -> dict:
+def bench_routing(*, quick: bool = False, device: str = "cpu", preset: str | None = None) -> dict:
     """Routed step vs plain AdamW step (same expanded model, same batches, same process), vs one
-    backward per group (naive); per-sample exactness and leakage of the routed gradient."""
-    base = load_config("routed")
-    cfg = from_dict({"train": {"batch_size": 32 if quick else 64}}, base=base)
+    backward per group (naive); per-sample exactness and leakage of the routed gradient. On the
+    ``routed`` preset (batch 32 with ``quick``, else 64), or ``preset`` as it is with routing on."""
+    if preset is None:
+        cfg = from_dict({"train": {"batch_size": 32 if quick else 64}}, base=load_config("routed"))
+    else:
+        cfg = from_dict({"routing": {"mode": "routed"}}, base=load_config(preset))
+    cfg = on_device(cfg, device)
     plain_cfg = from_dict({"routing": {"mode": "unrouted"}}, base=cfg)
     off_cfg = from_dict({"routing": {"mode": "off"}}, base=cfg)
     full = run_dataset(cfg, progress=False)
@@ -58,8 +74,9 @@ def bench_routing(*, quick: bool = False) -> dict:
         router.clear()
         n_exact = 12 if quick else len(ctx.records)
         sub = {k: v[:n_exact] for k, v in batch.items()}
-        err = compare(routed_grads(model, router, ctx.records[:n_exact], sub),
-                      reference_grads(model, router, ctx.records[:n_exact], sub))
+        with full_precision():  # exactness is the routing's: TF32 rounding would hide it on a GPU
+            err = compare(routed_grads(model, router, ctx.records[:n_exact], sub),
+                          reference_grads(model, router, ctx.records[:n_exact], sub))
         leak = leakage(model, router, ctx.records, batch)
         leak_plain = leakage(model, router, ctx.records, batch, routed=False)
         routed.sampler.load_state_dict({"epoch": 0, "pos": 0, "excluded": []})
@@ -87,5 +104,6 @@ def bench_routing(*, quick: bool = False) -> dict:
         "groups_in_batch": len(groups(router, ctx.records)),
         "sequestered_in_batch": sum(1 for r in ctx.records if set(r["categories"]) & set(cfg.routing.sequestered)),
         "batch_size": cfg.train.batch_size, "threads": torch.get_num_threads(),
-        "masked_ops": "python" if ops.compiled() is None else "cpp", "quick": quick,
+        "masked_ops": "python" if ops.compiled() is None else "cpp", "preset": preset or "routed",
+        "device": device, "quick": quick,
     }

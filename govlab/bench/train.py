@@ -15,11 +15,13 @@ from govlab.train import Trainer
 
 
 def plain_step(model, opt, images, tokens, rng, batch_size):
-    """What a minimal hand-written diffusers training step does, for comparison."""
+    """What a minimal hand-written diffusers training step does, for comparison (the batch drawn on
+    the CPU, as govlab's loop does, and moved to the model's device)."""
     idx = torch.randint(0, len(images), (batch_size,), generator=rng)
+    noise = torch.randn(batch_size, *images.shape[1:], generator=rng).to(images.device)
+    t = torch.randint(0, 1000, (batch_size,), generator=rng).to(images.device)
+    idx = idx.to(images.device)
     x0 = images[idx]
-    noise = torch.randn(x0.shape, generator=rng)
-    t = torch.randint(0, 1000, (batch_size,), generator=rng)
     noisy = model.noise_scheduler.add_noise(x0, noise, t)
     pred = model.unet(noisy, t, encoder_hidden_states=model.text(tokens[idx])).sample
     loss = F.mse_loss(pred, noise)
@@ -52,10 +54,18 @@ def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
     return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
-def bench_train(*, quick: bool = False) -> dict:
-    """Seconds per step of govlab's loop (no hooks) and of a plain loop, same model and batch."""
-    cfg = load_config("demo")
-    cfg = from_dict({"train": {"batch_size": 32 if quick else 64}}, base=cfg)
+def on_device(cfg, device: str):
+    """``cfg`` training on ``device`` (``cpu``, ``cuda``, ``cuda:N``)."""
+    return from_dict({"train": {"device": device}}, base=cfg)
+
+
+def bench_train(*, quick: bool = False, device: str = "cpu", preset: str | None = None) -> dict:
+    """Seconds per step of govlab's loop (no hooks) and of a plain loop, same model and batch, on
+    the ``demo`` preset (batch 32 with ``quick``, else 64) or ``preset`` as it is."""
+    cfg = load_config(preset or "demo")
+    if preset is None:
+        cfg = from_dict({"train": {"batch_size": 32 if quick else 64}}, base=cfg)
+    cfg = on_device(cfg, device)
     dataset = run_dataset(cfg, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, dataset, tmp, progress=False)
@@ -69,4 +79,4 @@ def bench_train(*, quick: bool = False) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"step_s": round(med["govlab"], 4), "plain_step_s": round(med["plain"], 4),
             "ratio": round(paired_ratio(times, "govlab", "plain"), 4), "batch_size": cfg.train.batch_size,
-            "image_size": cfg.model.image_size, "quick": quick}
+            "image_size": cfg.model.image_size, "preset": preset or "demo", "device": device, "quick": quick}

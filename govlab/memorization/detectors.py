@@ -29,12 +29,12 @@ def noise_magnitude(model, tokens: torch.Tensor, *, noises: int = 2, timesteps=(
                     batch_size: int = 512) -> torch.Tensor:
     """||eps(x_t, c) - eps(x_t, null)|| / sqrt(C*H*W) per caption ``(B,)``, for pure-noise ``x_t`` at
     the given early timesteps, averaged over ``noises`` draws (the same draws for every caption)."""
-    s = model.cfg.image_size
-    x = torch.randn(noises, 3, s, s, generator=torch.Generator().manual_seed(seed))
+    s, dev = model.cfg.image_size, model.device
+    x = torch.randn(noises, 3, s, s, generator=torch.Generator().manual_seed(seed)).to(dev)
     was_training = model.training
     model.eval()
-    cond, null = model.text(tokens), model.text(model.tokenizer([""]))
-    total = torch.zeros(len(tokens))
+    cond, null = model.text(tokens.to(dev)), model.encode([""])
+    total = torch.zeros(len(tokens), device=dev)
     for t in timesteps:
         for xn in x:
             eps_u = model.predict_noise(xn[None], t, null)
@@ -43,7 +43,7 @@ def noise_magnitude(model, tokens: torch.Tensor, *, noises: int = 2, timesteps=(
                 eps_c = model.predict_noise(xn.expand(len(c), -1, -1, -1), t, c)
                 total[i:i + batch_size] += (eps_c - eps_u).flatten(1).norm(dim=1)
     model.train(was_training)
-    return total / (len(timesteps) * noises * math.sqrt(3 * s * s))
+    return total.cpu() / (len(timesteps) * noises * math.sqrt(3 * s * s))
 
 
 def pixel_features(images: torch.Tensor) -> torch.Tensor:

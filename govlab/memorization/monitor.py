@@ -182,19 +182,20 @@ class MemorizationMonitor(Hook):
             return
         self.applied.setdefault(self.action, set()).update(int(ctx.indices[i]) for i in self._active)
         if self.cfg.intervention == "regularize" and self.cfg.regularize == "caption":
-            tok = ctx.tokens[self._active]
+            tok = ctx.tokens[self._active].cpu()  # drawn on the CPU: the same on any device
             swap = (tok >= FIRST_WORD) & (torch.rand(tok.shape, generator=self.rng) < self.cfg.strength)
             vocab = len(ctx.trainer.model.tokenizer.vocab)
             tok[swap] = torch.randint(FIRST_WORD, vocab, (int(swap.sum()),), generator=self.rng)
-            ctx.tokens[self._active] = tok
+            ctx.tokens[self._active] = tok.to(ctx.tokens.device)
         elif self.cfg.intervention == "regularize":
-            self._noise_mask = torch.zeros(len(ctx.indices), dtype=torch.bool)
-            self._noise_mask[self._active] = True
+            mask = torch.zeros(len(ctx.indices), dtype=torch.bool)
+            mask[self._active] = True
+            self._noise_mask = mask.to(ctx.tokens.device)
 
     def _embedding_noise(self, module, inputs, output):
         if self._noise_mask is None or len(self._noise_mask) != len(output):
             return None
-        noise = torch.randn(output.shape, generator=self.rng) * self.cfg.strength
+        noise = torch.randn(output.shape, generator=self.rng).to(output.device) * self.cfg.strength
         return output + noise * self._noise_mask[:, None, None]
 
     def before_backward(self, ctx: StepContext) -> None:

@@ -41,6 +41,14 @@ class TextToImage(nn.Module):
     def predict_noise(self, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t, encoder_hidden_states=cond).sample
 
+    @property
+    def device(self) -> torch.device:
+        return self.text.pos.device
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Caption embeddings of ``prompts`` on the model's device."""
+        return self.text(self.tokenizer(list(prompts)).to(self.device))
+
     @torch.no_grad()
     def generate(self, prompts: list[str], *, seed: int = 0, steps: int = 20,
                  guidance: float = 3.0, batch_size: int = 256) -> torch.Tensor:
@@ -56,10 +64,11 @@ class TextToImage(nn.Module):
         return gaps / math.sqrt(3 * self.cfg.image_size ** 2)
 
     def _batched(self, prompts, seed, steps, guidance, batch_size, gaps=False):
-        """Images ``(B, 3, S, S)`` sampled in batches from seeded noise and, with ``gaps``, the
-        per-step norms ``(B, steps)`` of the guidance term (else None)."""
+        """Images ``(B, 3, S, S)`` sampled in batches from seeded noise (drawn on the CPU: the same on
+        any device) and, with ``gaps``, the per-step norms ``(B, steps)`` of the guidance term (else
+        None); both on the CPU."""
         s = self.cfg.image_size
-        noise = torch.randn(len(prompts), 3, s, s, generator=torch.Generator().manual_seed(seed))
+        noise = torch.randn(len(prompts), 3, s, s, generator=torch.Generator().manual_seed(seed)).to(self.device)
         was_training = self.training
         self.eval()
         images, per_step = [], []
@@ -67,7 +76,7 @@ class TextToImage(nn.Module):
             record = [] if gaps else None
             images.append(self._sample(prompts[i:i + batch_size], noise[i:i + batch_size], steps, guidance, record))
             if gaps:
-                per_step.append(torch.stack(record, dim=1))
+                per_step.append(torch.stack(record, dim=1).cpu())
         self.train(was_training)
         out = torch.cat(images) if images else torch.zeros(0, 3, s, s, dtype=torch.uint8)
         if not gaps:
@@ -81,16 +90,14 @@ class TextToImage(nn.Module):
             self.noise_scheduler.config, timestep_spacing="leading", steps_offset=1,
             thresholding=True, sample_max_value=1.0)
         sched.set_timesteps(steps)
-        cond = self.text(self.tokenizer(list(prompts)))
-        uncond = self.text(self.tokenizer([""] * len(prompts)))
-        ctx = torch.cat([uncond, cond])
+        ctx = torch.cat([self.encode([""] * len(prompts)), self.encode(prompts)])
         x = x * sched.init_noise_sigma
         for t in sched.timesteps:
             eps_u, eps_c = self.predict_noise(torch.cat([x, x]), t, ctx).chunk(2)
             if gaps is not None:
                 gaps.append((eps_c - eps_u).flatten(1).norm(dim=1))
             x = sched.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
-        return to_uint8(x)
+        return to_uint8(x).cpu()
 
     # -- weights -------------------------------------------------------------------------------
     def metadata(self) -> dict:
@@ -101,7 +108,7 @@ class TextToImage(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Write weights as safetensors (atomically) with config and vocabulary in the header."""
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"govlab": json.dumps(self.metadata())})
 

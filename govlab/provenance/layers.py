@@ -174,8 +174,9 @@ class LayerShares:
         """Catch the next forward and backward: ``slices`` are the groups' rows (slices of a batch
         sorted by group, or index tensors), ``group_of_row`` the group of each row."""
         self.slices, self.rows, self.active, self.tokens = slices, group_of_row, True, None
-        self.onehot = F.one_hot(group_of_row, len(slices)).t().to(torch.get_default_dtype())  # groups x batch
-        self.flat = torch.empty(len(slices), self.size)
+        first = self.unet_params[0]
+        self.onehot = F.one_hot(group_of_row, len(slices)).t().to(first.device, first.dtype)  # groups x batch
+        self.flat = torch.empty(len(slices), self.size, device=first.device, dtype=first.dtype)
         self.written: set[int] = set()
         for p in self.unet_params:
             p.requires_grad_(False)

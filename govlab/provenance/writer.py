@@ -185,8 +185,8 @@ class ProvenanceWriter(Hook):
     def after_step(self, ctx) -> None:
         delta = torch.cat([p.detach().reshape(-1) for p in self.params]) - self._before
         norm_sq, update = band_figures(self._shares, delta, self.spans)
-        self.acc["grad_norm_sq"][self._ids] += norm_sq
-        self.acc["update_share"][self._ids] += update
+        self.acc["grad_norm_sq"][self._ids] += norm_sq.cpu()
+        self.acc["update_share"][self._ids] += update.cpu()
         self.acc["steps_seen"][self._ids] += 1
         self.acc["samples_seen"][self._ids] += self._counts
         self._shares = self._before = None

@@ -215,11 +215,11 @@ class Router:
     def route(self, records: list[dict] | None = None, *, table: torch.Tensor | None = None) -> None:
         """Set the routing of the next forward/backward: from records, or rows of a ``table``."""
         t = self.table(records) if table is None else table
-        dtype = next(self.model.parameters()).dtype
+        first = next(self.model.parameters())
         self._table = t
         self._b = t.shape[0]
         self._count = t.sum(0).tolist()
-        self._cols = t.t().to(dtype).contiguous()
+        self._cols = t.t().to(first.device, first.dtype).contiguous()
         self._sel = []  # per band: None (all or none), a slice (contiguous samples) or a 0/1 mask
         for j, n in enumerate(self._count):
             sel = None

@@ -63,7 +63,7 @@ class SlotBank(nn.Module):
             self.down[_key(name)] = nn.Parameter(down.to(w.dtype).to(w.device))
             self.up[_key(name)] = nn.Parameter(torch.zeros(shape_u, dtype=w.dtype, device=w.device))
         self.register_buffer("col_slot", torch.cat([torch.full((r,), i) for i, (_, r, _) in
-                                                    enumerate(self.slots)]), persistent=False)
+                                                    enumerate(self.slots)]).to(w.device), persistent=False)
         self.router = None  # set while a Router is installed
         self.triggers = None  # caption slots with private triggers: CaptionTriggers
 
@@ -191,8 +191,8 @@ def expand_caption(model: nn.Module, slots: list[tuple[str, int, str]], phrases:
     every caption and adds to its plain encoding (the unrouted baseline). One encoder pass either way."""
     if not hasattr(model, SLOTS_ATTR):
         setattr(model, SLOTS_ATTR, nn.ModuleDict())
-    dim = model.text.norm.normalized_shape[0]
-    bank = SlotBank("text", nn.Linear(dim, dim, bias=False), slots)
+    dim, like = model.text.norm.normalized_shape[0], model.text.norm.weight
+    bank = SlotBank("text", nn.Linear(dim, dim, bias=False, device=like.device, dtype=like.dtype), slots)
     getattr(model, SLOTS_ATTR)[_key("text")] = bank
     if private:
         bank.triggers = CaptionTriggers(model.tokenizer, {n: phrases[n] for n in bank.names})
