@@ -212,7 +212,7 @@ def lineage(target: Path = typer.Option(..., help="Run directory or .safetensors
             pool: Path = typer.Option(..., help="Directory of base models (run dirs or .safetensors)."),
             prompt_file: Optional[Path] = typer.Option(None, help="Test prompts, one per line "
                                                        "(default: the selection step's detailed prompts)."),
-            k: int = typer.Option(50, help="Images per prompt and model."),
+            k: int = typer.Option(100, help="Images per prompt and model (the paper's k = 100)."),
             method: str = typer.Option("gaussian", help="JS estimator: gaussian or knn."),
             extractor: str = typer.Option("world", help="Features: world, multiscale or pixels."),
             tau: float = typer.Option(-1.64, help="z-test parameter of the NULL threshold."),

@@ -105,7 +105,7 @@ def support_table(pool: list[BlackBox], prompts: list[str], *, per_prompt: int =
     return prompts, table
 
 
-def probe(target, pool, prompts: list[str] | None = None, *, k: int = 50,
+def probe(target, pool, prompts: list[str] | None = None, *, k: int = 100,
           extractor: str | nn.Module = "world", seed: int = 0,
           n_neighbors: int = N_NEIGHBORS) -> tuple[Features, list[str], str]:
     """Sample and featurize target and pool: ``(features, pool names, target name)``.
@@ -127,7 +127,7 @@ def probe(target, pool, prompts: list[str] | None = None, *, k: int = 50,
     return feats, [b.name for b in bases], box.name
 
 
-def lineage(target, pool, prompts: list[str] | None = None, *, k: int = 50,
+def lineage(target, pool, prompts: list[str] | None = None, *, k: int = 100,
             extractor: str | nn.Module = "world", method: str = "gaussian", tau: float = DEFAULT_TAU,
             seed: int = 0, n_neighbors: int = N_NEIGHBORS) -> LineageResult:
     """Was ``target`` fine-tuned from a model of ``pool``? (models as accepted by ``load_model``)"""
