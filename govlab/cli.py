@@ -262,7 +262,8 @@ def explore(runs: list[Path] = typer.Argument(..., help="Run directories (e.g. a
 
 @app.command()
 def bench(name: str, quick: bool = typer.Option(False, help="Small sizes for a quick check."),
-          device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (train, routing, index, memorization)."),
+          device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (train, routing, index, "
+                                                          "memorization; default: the preset's)."),
           preset: str = typer.Option(None, help="Train on this preset instead of the benchmark's own "
                                                "(train, routing, index, memorization)."),
           as_json: bool = JSON):
@@ -271,16 +272,17 @@ def bench(name: str, quick: bool = typer.Option(False, help="Small sizes for a q
 
     if name not in BENCHMARKS:
         raise GovlabError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
-    if (device != "cpu" or preset is not None) and name not in TRAINING:
+    if (device is not None or preset is not None) and name not in TRAINING:
         raise GovlabError(f"--device and --preset apply to {', '.join(TRAINING)}, not {name!r}")
     options = {"device": device, "preset": preset} if name in TRAINING else {}
     if name in TRAINING:  # a bad device or preset: one line, before anything runs
         from govlab.config import from_dict, load_config
         from govlab.train import training_device
 
-        training_device(from_dict({"train": {"device": device}}, where="--device").train.device)
+        if device is not None:
+            training_device(from_dict({"train": {"device": device}}, where="--device").train.device)
         if preset is not None:
-            load_config(preset)
+            training_device(load_config(preset).train.device if device is None else device)
     result = BENCHMARKS[name](quick=quick, **options)
     emit(result, as_json, json.dumps(result, indent=2))
 

@@ -35,9 +35,9 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N (the batches are drawn on the CPU either way)
 
     def __post_init__(self):
-        if not (self.device == "cpu" or self.device == "cuda" or
-                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
-            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        d = self.device
+        if not isinstance(d, str) or not (d in ("cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {d!r}")
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,8 @@ class RunConfig:
             del d["memorization"]
         if self.provenance == ProvenanceConfig():  # likewise
             del d["provenance"]
-        if self.train.device == "cpu":  # likewise: runs from before the device setting keep their hash
-            del d["train"]["device"]
+        del d["train"]["device"]  # where a run trains is not what it trains (the same batches): a run
+        # may resume on another device, and hashes of runs from before the setting are unchanged
         return sha256_json(d)[:16]
 
 

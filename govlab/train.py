@@ -74,10 +74,14 @@ def build_model(cfg: RunConfig, dataset: Dataset) -> TextToImage:
 
 def training_device(name: str) -> torch.device:
     """The device of ``train.device``; a CUDA device that torch cannot reach is refused."""
-    if name != "cpu" and not torch.cuda.is_available():
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise GovlabError(f"train.device is {name!r} but torch finds no CUDA device (torch "
                           f"{torch.__version__}); use device: cpu")
-    return torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise GovlabError(f"train.device is {name!r} but torch finds {torch.cuda.device_count()} CUDA "
+                          "device(s)")
+    return device
 
 
 class Trainer:

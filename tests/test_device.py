@@ -32,12 +32,15 @@ VARIANTS = {
 }
 
 
-def test_device_is_validated_and_cpu_keeps_the_config_hash():
+def test_device_is_validated_and_left_out_of_the_config_hash():
     cfg = load_config("smoke")
-    assert from_dict({"train": {"device": "cpu"}}, base=cfg).hash() == cfg.hash()
-    assert from_dict({"train": {"device": "cuda:0"}}, base=cfg).hash() != cfg.hash()
-    with pytest.raises(GovlabError, match="device must be cpu, cuda or cuda:N"):
-        from_dict({"train": {"device": "gpu"}}, base=cfg)
+    # the hashes of these presets before the device setting existed: their runs keep them
+    assert (cfg.hash(), load_config("demo").hash()) == ("9fb4cd85fa326dc4", "d15d326da8692de9")
+    assert load_config("gpu").train.device == "cuda" and load_config("gpu").hash() == "6b60338f9025e541"
+    assert from_dict({"train": {"device": "cuda:1"}}, base=cfg).hash() == cfg.hash()  # resumable elsewhere
+    for bad in ("gpu", "cuda:x", 0, None):
+        with pytest.raises(GovlabError, match="device must be cpu, cuda or cuda:N"):
+            from_dict({"train": {"device": bad}}, base=cfg)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -57,19 +60,30 @@ class Losses(Hook):
         self.losses.append(float(ctx.loss.detach()))
 
 
+def govlab(*args, cwd=None):
+    return subprocess.run([str(Path(sys.executable).parent / "govlab"), *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
 @pytest.mark.parametrize("args, message", [
-    (["train", "--preset", "smoke", "--device", "tpu", "--out", "OUT"], "device must be cpu, cuda or cuda:N"),
     (["bench", "lineage", "--device", "cuda"], "apply to train, routing, index, memorization"),
     (["bench", "index", "--preset", "nope"], "unknown preset 'nope'"),
+    (["bench", "train", "--device", "tpu"], "device must be cpu, cuda or cuda:N"),
 ])
-def test_bad_device_or_preset_is_one_line_and_writes_nothing(tmp_path, args, message):
+def test_bad_bench_device_or_preset_is_one_line(tmp_path, args, message):
+    proc = govlab(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:99"])
+def test_bad_train_device_is_one_line_and_keeps_the_run(tmp_path, device):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    govlab = str(Path(sys.executable).parent / "govlab")
-    proc = subprocess.run([govlab, *(str(out) if a == "OUT" else a for a in args)], capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = govlab("train", "--preset", "smoke", "--device", device, "--out", str(out))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert ("device must be cpu, cuda or cuda:N" if device == "tpu" else "CUDA device") in proc.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
@@ -111,8 +125,12 @@ def full_precision():
         yield
 
 
-@pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.gpu
+@needs_cuda
 def test_cuda_training_matches_cpu(variant, tmp_path, full_precision):
     base = from_dict({"name": f"dev-{variant}", **TINY, **VARIANTS[variant]}, base=load_config("smoke"))
     cpu, cpu_losses = run(base, tmp_path / "cpu")
@@ -130,7 +148,10 @@ def test_cuda_training_matches_cpu(variant, tmp_path, full_precision):
             assert float(abs(a[name]).sum()) > 0
             xr.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-12)
         xr.testing.assert_identical(a["steps_seen"], b["steps_seen"])
-    if "memorization" in VARIANTS[variant]:  # every watched caption flagged (threshold ~0), on both
+    if "memorization" in VARIANTS[variant]:  # the same scores; every watched caption flagged (threshold ~0)
+        scores = [next(h for h in t.hooks if hasattr(h, "latest_scores")).latest_scores for t in (cpu, gpu)]
+        assert scores[0] and scores[0].keys() == scores[1].keys()
+        torch.testing.assert_close([scores[1][r] for r in scores[0]], list(scores[0].values()), rtol=1e-3, atol=0)
         flags = [[(e["step"], e["sample"]) for e in t.events.read() if e["event"] == "memorization_flag"]
                  for t in (cpu, gpu)]
         assert flags[0] and flags[0] == flags[1]
@@ -141,6 +162,7 @@ def test_cuda_training_matches_cpu(variant, tmp_path, full_precision):
 
 
 @pytest.mark.gpu
+@needs_cuda
 def test_cuda_resume_continues_the_run(tmp_path, full_precision):
     cfg = from_dict({"name": "dev-resume", **VARIANTS["routed+index"], "train": {"device": "cuda"}},
                     base=from_dict(TINY, base=load_config("smoke")))

@@ -52,7 +52,7 @@ def indexed_pair(cfg, dataset, out: str, routing: bool) -> dict:
             "indexed": lambda: indexed.train_step(indexed.make_context())}
 
 
-def bench_index(*, quick: bool = False, device: str = "cpu", preset: str | None = None) -> dict:
+def bench_index(*, quick: bool = False, device: str | None = None, preset: str | None = None) -> dict:
     """Step with the index writer over step without (same process, interleaved rounds, paired
     ratio), routing off and on (per-source slots beside the caption encoder, or beside the UNet's
     cross-attention projections); index bytes for 1k and 100k records; query milliseconds. On the
@@ -84,4 +84,4 @@ def bench_index(*, quick: bool = False, device: str = "cpu", preset: str | None 
             "step_s": round(med["plain"], 4), "indexed_step_s": round(med["indexed"], 4),
             "bytes_1k": b1k, "bytes_100k": b100k, "query_ms": round(1000 * statistics.median(q), 2),
             "sources": len(dataset.sources), "batch_size": cfg.train.batch_size, "granularity": "cohort",
-            "preset": preset, "device": device, "quick": quick}
+            "preset": preset, "device": cfg.train.device, "quick": quick}

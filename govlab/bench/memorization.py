@@ -27,7 +27,7 @@ def caption_auc(model, trainer, records: list[dict], **kw) -> float | None:
     return detection_auc(scores.tolist(), [is_planted(records[i]) for i in rows])
 
 
-def bench_memorization(*, quick: bool = False, device: str = "cpu", preset: str | None = None,
+def bench_memorization(*, quick: bool = False, device: str | None = None, preset: str | None = None,
                        every: int | None = None) -> dict:
     """Blocks of ``every`` steps (one monitor check each), monitored and plain alternately, same
     process, same batches (the monitor with intervention ``none`` leaves training unchanged);
@@ -62,5 +62,5 @@ def bench_memorization(*, quick: bool = False, device: str = "cpu", preset: str 
     return {"overhead_ratio": round(seconds["monitored"] / seconds["plain"], 4), "auc": auc,
             "monitored_step_s": round(seconds["monitored"] / steps, 4), "plain_step_s": round(seconds["plain"] / steps, 4),
             "every": every, "watch_size": m.watch_size, "detector": m.detector, "steps_trained": (blocks + 1) * every,
-            "training_unchanged": same, "preset": preset, "device": device, "threads": torch.get_num_threads(),
-            "quick": quick}
+            "training_unchanged": same, "preset": preset, "device": cfg.train.device,
+            "threads": torch.get_num_threads(), "quick": quick}

@@ -32,7 +32,7 @@ def _batch(ctx) -> dict:
             "weights": ctx.weights}
 
 
-def bench_routing(*, quick: bool = False, device: str = "cpu", preset: str | None = None) -> dict:
+def bench_routing(*, quick: bool = False, device: str | None = None, preset: str | None = None) -> dict:
     """Routed step vs plain AdamW step (same expanded model, same batches, same process), vs one
     backward per group (naive); per-sample exactness and leakage of the routed gradient. On the
     ``routed`` preset (batch 32 with ``quick``, else 64), or ``preset`` as it is with routing on."""
@@ -105,5 +105,5 @@ def bench_routing(*, quick: bool = False, device: str = "cpu", preset: str | Non
         "sequestered_in_batch": sum(1 for r in ctx.records if set(r["categories"]) & set(cfg.routing.sequestered)),
         "batch_size": cfg.train.batch_size, "threads": torch.get_num_threads(),
         "masked_ops": "python" if ops.compiled() is None else "cpp", "preset": preset or "routed",
-        "device": device, "quick": quick,
+        "device": cfg.train.device, "quick": quick,
     }

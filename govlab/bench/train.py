@@ -34,10 +34,13 @@ def plain_step(model, opt, images, tokens, rng, batch_size):
 def timings(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
     """Seconds of each callable per round, run alternately so drift hits all of them alike."""
     times = {k: [] for k in fns}
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for r in range(warmup + repeats):
         for k, fn in fns.items():
+            sync()  # work queued on a GPU is charged to the call that queued it
             t0 = time.perf_counter()
             fn()
+            sync()
             if r >= warmup:
                 times[k].append(time.perf_counter() - t0)
     return times
@@ -54,12 +57,12 @@ def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
     return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
-def on_device(cfg, device: str):
-    """``cfg`` training on ``device`` (``cpu``, ``cuda``, ``cuda:N``)."""
-    return from_dict({"train": {"device": device}}, base=cfg)
+def on_device(cfg, device: str | None):
+    """``cfg`` training on ``device`` (``cpu``, ``cuda``, ``cuda:N``; None: the config's own)."""
+    return cfg if device is None else from_dict({"train": {"device": device}}, base=cfg)
 
 
-def bench_train(*, quick: bool = False, device: str = "cpu", preset: str | None = None) -> dict:
+def bench_train(*, quick: bool = False, device: str | None = None, preset: str | None = None) -> dict:
     """Seconds per step of govlab's loop (no hooks) and of a plain loop, same model and batch, on
     the ``demo`` preset (batch 32 with ``quick``, else 64) or ``preset`` as it is."""
     cfg = load_config(preset or "demo")
@@ -79,4 +82,4 @@ def bench_train(*, quick: bool = False, device: str = "cpu", preset: str | None 
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"step_s": round(med["govlab"], 4), "plain_step_s": round(med["plain"], 4),
             "ratio": round(paired_ratio(times, "govlab", "plain"), 4), "batch_size": cfg.train.batch_size,
-            "image_size": cfg.model.image_size, "preset": preset or "demo", "device": device, "quick": quick}
+            "image_size": cfg.model.image_size, "preset": preset or "demo", "device": cfg.train.device, "quick": quick}
