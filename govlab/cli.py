@@ -264,25 +264,25 @@ def explore(runs: list[Path] = typer.Argument(..., help="Run directories (e.g. a
 def bench(name: str, quick: bool = typer.Option(False, help="Small sizes for a quick check."),
           device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (train, routing, index, "
                                                           "memorization; default: the preset's)."),
-          preset: str = typer.Option(None, help="Train on this preset instead of the benchmark's own "
+          preset: Optional[str] = typer.Option(None, help="Train on this preset instead of the benchmark's own "
                                                "(train, routing, index, memorization)."),
           as_json: bool = JSON):
     """Run a benchmark and print its figures."""
-    from govlab.bench import BENCHMARKS, TRAINING
+    from govlab.bench import BENCHMARKS, DEVICE_BENCHMARKS
 
     if name not in BENCHMARKS:
         raise GovlabError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
-    if (device is not None or preset is not None) and name not in TRAINING:
-        raise GovlabError(f"--device and --preset apply to {', '.join(TRAINING)}, not {name!r}")
-    options = {"device": device, "preset": preset} if name in TRAINING else {}
-    if name in TRAINING:  # a bad device or preset: one line, before anything runs
+    if (device is not None or preset is not None) and name not in DEVICE_BENCHMARKS:
+        raise GovlabError(f"--device and --preset apply to {', '.join(DEVICE_BENCHMARKS)}, not {name!r}")
+    options = {"device": device, "preset": preset} if name in DEVICE_BENCHMARKS else {}
+    if name in DEVICE_BENCHMARKS:  # a bad device or preset: one line, before anything runs
         from govlab.config import from_dict, load_config
         from govlab.train import training_device
 
         if device is not None:
-            training_device(from_dict({"train": {"device": device}}, where="--device").train.device)
-        if preset is not None:
-            training_device(load_config(preset).train.device if device is None else device)
+            device = from_dict({"train": {"device": device}}, where="--device").train.device
+        if device is not None or preset is not None:
+            training_device(device or load_config(preset).train.device)
     result = BENCHMARKS[name](quick=quick, **options)
     emit(result, as_json, json.dumps(result, indent=2))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -36,7 +37,7 @@ class TrainConfig:
 
     def __post_init__(self):
         d = self.device
-        if not isinstance(d, str) or not (d in ("cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())):
+        if not isinstance(d, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", d, re.ASCII):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {d!r}")
 
 

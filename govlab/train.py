@@ -85,7 +85,8 @@ def training_device(name: str) -> torch.device:
 
 
 class Trainer:
-    """Owns the model, optimizer, data order and RNG of a run; ``fit`` runs the loop."""
+    """Owns the model, optimizer, data order and RNG of a run; ``fit`` runs the loop. The model (a
+    given ``model`` too, in place) is moved to ``train.device``."""
 
     def __init__(self, cfg: RunConfig, dataset: Dataset, out: str | Path, *,
                  hooks: list[Hook] = (), model: TextToImage | None = None, progress: bool = True):

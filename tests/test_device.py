@@ -148,7 +148,7 @@ def test_cuda_training_matches_cpu(variant, tmp_path, full_precision):
             assert float(abs(a[name]).sum()) > 0
             xr.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-12)
         xr.testing.assert_identical(a["steps_seen"], b["steps_seen"])
-    if "memorization" in VARIANTS[variant]:  # the same scores; every watched caption flagged (threshold ~0)
+    if "memorization" in VARIANTS[variant]:  # the same scores (the flags: every watched caption, threshold ~0)
         scores = [next(h for h in t.hooks if hasattr(h, "latest_scores")).latest_scores for t in (cpu, gpu)]
         assert scores[0] and scores[0].keys() == scores[1].keys()
         torch.testing.assert_close([scores[1][r] for r in scores[0]], list(scores[0].values()), rtol=1e-3, atol=0)

@@ -11,6 +11,6 @@ from govlab.bench.train import bench_train
 BENCHMARKS = {"train": bench_train, "routing": bench_routing, "lineage": bench_lineage,
               "explore": bench_explore, "memorization": bench_memorization,
               "index": bench_index, "attribution": bench_attribution}
-TRAINING = ("train", "routing", "index", "memorization")  # the benchmarks with --device and --preset
+DEVICE_BENCHMARKS = ("train", "routing", "index", "memorization")  # those with --device and --preset
 
-__all__ = ["BENCHMARKS", "TRAINING"]
+__all__ = ["BENCHMARKS", "DEVICE_BENCHMARKS"]

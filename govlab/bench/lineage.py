@@ -9,8 +9,9 @@ from govlab.lineage.study import accuracy, evaluate, zoo_boxes, zoo_features
 from govlab.lineage.zoo import cached_zoo
 
 K, MODELS = 100, 8
-K_MORE = 300  # without --quick, accuracy at this k too: in this world the distances of fine-tunes to
-# their bases still fall past k = 100 (the estimate's noise floor), while bases stay apart (README)
+# Without --quick, accuracy at this k too: in this world the distances of fine-tunes to their bases
+# still fall past k = 100 (the estimate's noise floor), while the bases stay apart (README).
+K_MORE = 300
 
 
 def bench_lineage(*, quick: bool = False) -> dict:
@@ -30,9 +31,9 @@ def bench_lineage(*, quick: bool = False) -> dict:
     verdicts = {m: evaluate(zoo, feats, method=m) for m in ("gaussian", "knn")}
     more = {}
     if not quick:
-        feats = zoo_features(zoo, prompts, k=K_MORE, extractor=get_extractor("world"))
+        feats_more = zoo_features(zoo, prompts, k=K_MORE, extractor=get_extractor("world"))
         for m, suffix in (("gaussian", ""), ("knn", "_knn")):
-            v = evaluate(zoo, feats, method=m)
+            v = evaluate(zoo, feats_more, method=m)
             more[f"accuracy{suffix}_k{K_MORE}"] = round(accuracy(v), 4)
             more[f"wrong{suffix}_k{K_MORE}"] = [x.target for x in v if not x.correct]
     return {"distance_s": round(med["gaussian"], 4), "distance_knn_s": round(med["knn"], 4),

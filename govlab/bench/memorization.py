@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import torch
 
-from govlab.bench.train import on_device
+from govlab.bench.train import on_device, sync
 from govlab.config import load_config
 from govlab.data.cache import run_dataset
 from govlab.memorization.audit import is_planted
@@ -49,9 +49,11 @@ def bench_memorization(*, quick: bool = False, device: str | None = None, preset
         seconds = {"plain": 0.0, "monitored": 0.0}
         for b in range(blocks + 1):  # the first block warms up
             for name, t in (("plain", plain), ("monitored", monitored)):
+                sync()
                 t0 = time.perf_counter()
                 for _ in range(every):
                     t.train_step(t.make_context())
+                sync()
                 if b:
                     seconds[name] += time.perf_counter() - t0
         m = mon.memorization

@@ -31,10 +31,15 @@ def plain_step(model, opt, images, tokens, rng, batch_size):
     return loss.item()
 
 
+def sync() -> None:
+    """Wait for the work queued on every GPU (nothing to wait for on a CPU)."""
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        torch.cuda.synchronize(i)
+
+
 def timings(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
     """Seconds of each callable per round, run alternately so drift hits all of them alike."""
     times = {k: [] for k in fns}
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for r in range(warmup + repeats):
         for k, fn in fns.items():
             sync()  # work queued on a GPU is charged to the call that queued it

@@ -43,6 +43,7 @@ class TextToImage(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the model's parameters are (the inputs of ``encode`` and ``generate`` go there)."""
         return self.text.pos.device
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
