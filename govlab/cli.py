@@ -274,15 +274,16 @@ def bench(name: str, quick: bool = typer.Option(False, help="Small sizes for a q
         raise GovlabError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
     if (device is not None or preset is not None) and name not in DEVICE_BENCHMARKS:
         raise GovlabError(f"--device and --preset apply to {', '.join(DEVICE_BENCHMARKS)}, not {name!r}")
-    options = {"device": device, "preset": preset} if name in DEVICE_BENCHMARKS else {}
+    options = {}
     if name in DEVICE_BENCHMARKS:  # a bad device or preset: one line, before anything runs
         from govlab.config import from_dict, load_config
         from govlab.train import training_device
 
         if device is not None:
-            device = from_dict({"train": {"device": device}}, where="--device").train.device
+            from_dict({"train": {"device": device}}, where="--device")
         if device is not None or preset is not None:
             training_device(device or load_config(preset).train.device)
+        options = {"device": device, "preset": preset}
     result = BENCHMARKS[name](quick=quick, **options)
     emit(result, as_json, json.dumps(result, indent=2))
 

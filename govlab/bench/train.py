@@ -17,10 +17,9 @@ from govlab.train import Trainer
 def plain_step(model, opt, images, tokens, rng, batch_size):
     """What a minimal hand-written diffusers training step does, for comparison (the batch drawn on
     the CPU, as govlab's loop does, and moved to the model's device)."""
-    idx = torch.randint(0, len(images), (batch_size,), generator=rng)
+    idx = torch.randint(0, len(images), (batch_size,), generator=rng).to(images.device)
     noise = torch.randn(batch_size, *images.shape[1:], generator=rng).to(images.device)
     t = torch.randint(0, 1000, (batch_size,), generator=rng).to(images.device)
-    idx = idx.to(images.device)
     x0 = images[idx]
     noisy = model.noise_scheduler.add_noise(x0, noise, t)
     pred = model.unet(noisy, t, encoder_hidden_states=model.text(tokens[idx])).sample
