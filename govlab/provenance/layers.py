@@ -83,8 +83,11 @@ def per_sample_linear(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def per_sample_conv(x: torch.Tensor, g: torch.Tensor, shape, stride, padding, dilation) -> torch.Tensor:
     """Per-sample gradients ``(batch, *shape)`` of a convolution's weight: one weight-gradient call
     with the batch folded into channel groups (the trick behind per-sample convolution gradients;
-    only the weight's shape is read, so it is left empty)."""
+    only the weight's shape is read, so it is left empty); a pointwise convolution (1x1, stride 1,
+    no padding) is a batched product, as for Linear, which is quicker."""
     b, out_ch = x.shape[0], g.shape[1]
+    if tuple(shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0):
+        return torch.bmm(g.reshape(b, out_ch, -1), x.reshape(b, x.shape[1], -1).transpose(1, 2)).reshape(b, *shape)
     grad = torch.ops.aten.convolution_backward(
         g.reshape(1, b * out_ch, *g.shape[2:]), x.reshape(1, b * x.shape[1], *x.shape[2:]),
         x.new_empty((b * out_ch, *shape[1:])), None, list(stride), list(padding), list(dilation),
@@ -149,7 +152,7 @@ class LayerShares:
     """
 
     def __init__(self, model: nn.Module, params: list[torch.Tensor], router=None):
-        self.model, self.router, self.active = model, router, False
+        self.model, self.router, self.active, self._buffer = model, router, False, None
         offsets, start = {}, 0
         for p in params:
             offsets[id(p)] = (start, p.numel())
@@ -176,26 +179,47 @@ class LayerShares:
         self.slices, self.rows, self.active, self.tokens = slices, group_of_row, True, None
         first = self.unet_params[0]
         self.onehot = F.one_hot(group_of_row, len(slices)).t().to(first.device, first.dtype)  # groups x batch
-        self.flat = torch.empty(len(slices), self.size, device=first.device, dtype=first.dtype)
+        if self._buffer is None or len(self._buffer) < len(slices) or self._buffer.device != first.device:
+            # kept across steps: a fresh buffer this large would be paged in anew at every step
+            self._buffer = torch.empty(len(slices), self.size, device=first.device, dtype=first.dtype)
+        self.flat = self._buffer[:len(slices)]
         self.written: set[int] = set()
         for p in self.unet_params:
             p.requires_grad_(False)
 
-    def _put(self, p: torch.Tensor | None, grads: torch.Tensor | None) -> None:
-        """Write (or add, for a layer called twice) ``p``'s group gradients ``(groups, ...)``."""
-        if p is None or grads is None or id(p) not in self.offsets:
-            return
+    def _slot(self, p: torch.Tensor | None) -> torch.Tensor | None:
+        """``p``'s columns of ``flat`` (a ``(groups, numel)`` view), or None when ``p`` is not
+        tracked."""
+        if p is None or id(p) not in self.offsets:
+            return None
         start, n = self.offsets[id(p)]
-        grads = grads.reshape(grads.shape[0], n)
+        return self.flat[:, start:start + n]
+
+    def _put_rows(self, p: torch.Tensor | None, per_row: torch.Tensor | None) -> None:
+        """Write (or add, for a layer called twice) the per-group sums of ``p``'s per-sample
+        gradients ``(batch, ...)``: one product with the one-hot group matrix, straight into
+        ``flat``."""
+        slot = self._slot(p)
+        if slot is None or per_row is None:
+            return
+        rows = per_row.reshape(per_row.shape[0], -1)
         if id(p) in self.written:
-            self.flat[:, start:start + n] += grads
+            slot.addmm_(self.onehot, rows)
         else:
-            self.flat[:, start:start + n] = grads
+            torch.mm(self.onehot, rows, out=slot)
             self.written.add(id(p))
 
-    def _group_sum(self, per_row: torch.Tensor | None) -> torch.Tensor | None:
-        """Per-sample gradients ``(batch, ...)`` summed per group: ``(groups, numel)``."""
-        return None if per_row is None else self.onehot.mm(per_row.reshape(per_row.shape[0], -1))
+    def _put_groups(self, p: torch.Tensor, grads: torch.Tensor) -> None:
+        """Write (or add) ``p``'s group gradients ``(groups, ...)``."""
+        slot = self._slot(p)
+        if slot is None:
+            return
+        grads = grads.reshape(grads.shape[0], -1)
+        if id(p) in self.written:
+            slot += grads
+        else:
+            slot.copy_(grads)
+            self.written.add(id(p))
 
     def _input_hook(self, m, args):
         """With the UNet frozen, a layer fed by no trainable input (the first convolution, the time
@@ -217,10 +241,10 @@ class LayerShares:
                     return
                 gw, gb = per_sample_small(m, x, g)
                 if gw is None and x.shape[0] * m.weight.numel() > PER_SAMPLE_MAX:
-                    self._put(m.weight, torch.stack([weight_grad(m, x[s], g[s]) for s in self.slices]))
+                    self._put_groups(m.weight, torch.stack([weight_grad(m, x[s], g[s]) for s in self.slices]))
                 else:
-                    self._put(m.weight, self._group_sum(per_sample_weight(m, x, g) if gw is None else gw))
-                self._put(m.bias, self._group_sum(gb))
+                    self._put_rows(m.weight, per_sample_weight(m, x, g) if gw is None else gw)
+                self._put_rows(m.bias, gb)
 
         out.register_hook(on_grad)
 
@@ -232,7 +256,7 @@ class LayerShares:
         def on_grad(g):
             with torch.no_grad():
                 for p, per_row in per_sample_bank(bank, x, g):
-                    self._put(p, self._group_sum(self._routed(p, per_row)))
+                    self._put_rows(p, self._routed(p, per_row))
 
         out.register_hook(on_grad)
 
@@ -284,7 +308,7 @@ class LayerShares:
         if self.tokens is not None and self.caption_params:  # the caption path took part
             for name, per_row in self._caption_per_sample().items():
                 p = self.caption_params[name]
-                self._put(p, self._group_sum(self._routed(p, per_row)))
+                self._put_rows(p, self._routed(p, per_row))
         for pid, (start, n) in self.offsets.items():
             if pid not in self.written:
                 self.flat[:, start:start + n] = 0.0
