@@ -152,12 +152,13 @@ class LayerShares:
     """
 
     def __init__(self, model: nn.Module, params: list[torch.Tensor], router=None):
-        self.model, self.router, self.active, self._buffer = model, router, False, None
+        self.model, self.router, self.active = model, router, False
         offsets, start = {}, 0
         for p in params:
             offsets[id(p)] = (start, p.numel())
             start += p.numel()
-        self.offsets, self.size = offsets, start
+        self.offsets, self.size, self.shapes = offsets, start, {id(p): p.shape for p in params}
+        self._buffer = self._total = None
         names = {id(p): n for n, p in model.named_parameters()}
         self.band = {id(p): router.band_of[names[id(p)]] for p in params} if router is not None else {}
         caption = ("text.", f"{SLOTS_ATTR}.text.")
@@ -309,14 +310,18 @@ class LayerShares:
             for name, per_row in self._caption_per_sample().items():
                 p = self.caption_params[name]
                 self._put_rows(p, self._routed(p, per_row))
-        for pid, (start, n) in self.offsets.items():
-            if pid not in self.written:
-                self.flat[:, start:start + n] = 0.0
-        total = self.flat.sum(0)
+        for pid in self.offsets.keys() - self.written:
+            start, n = self.offsets[pid]
+            self.flat[:, start:start + n] = 0.0
+        if self._total is None or self._total.device != self.flat.device:
+            # the gradients are views of one buffer, rewritten at every step (the trainer drops them)
+            self._total = self.flat.new_empty(self.size)
+            self._grads = {pid: self._total[start:start + n].view(self.shapes[pid])
+                           for pid, (start, n) in self.offsets.items()}
+        torch.sum(self.flat, 0, out=self._total)
         for p in (*self.unet_params, *self.caption_params.values()):
             if id(p) in self.written:
-                start, n = self.offsets[id(p)]
-                g = total[start:start + n].view_as(p)
+                g = self._grads[id(p)]
                 p.grad = g if p.grad is None else p.grad + g
         self.text_grad = self.tokens = self.given = self.onehot = None
         return self.flat

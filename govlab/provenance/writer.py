@@ -136,6 +136,7 @@ class ProvenanceWriter(Hook):
         pending = self._pending
         self.setup(trainer.dataset.records, band_of, attrs)
         self.params = [p for _, p in named]
+        self._flat_views = [p.detach().view(-1) for p in self.params]  # the parameters, updated in place
         if getattr(self, "layer_shares", None) is not None:
             self.layer_shares.remove()
         self.router = next((h.router for h in trainer.hooks if getattr(h, "router", None) is not None),
@@ -180,10 +181,10 @@ class ProvenanceWriter(Hook):
     def after_backward(self, ctx) -> None:
         if self.layer_shares is not None:
             self._shares = self.layer_shares.finish()
-        self._before = torch.cat([p.detach().reshape(-1) for p in self.params])
+        self._before = torch.cat(self._flat_views)
 
     def after_step(self, ctx) -> None:
-        delta = torch.cat([p.detach().reshape(-1) for p in self.params]) - self._before
+        delta = torch.cat(self._flat_views).sub_(self._before)
         norm_sq, update = band_figures(self._shares, delta, self.spans)
         self.acc["grad_norm_sq"][self._ids] += norm_sq.cpu()
         self.acc["update_share"][self._ids] += update.cpu()
