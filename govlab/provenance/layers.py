@@ -3,9 +3,9 @@
 For a Linear, Conv2d, GroupNorm or LayerNorm layer, the weight gradient is a sum over samples of
 terms built from the layer's input and its output gradient. A forward hook keeps each layer's
 input, a hook on its output catches the output gradient during the step's backward, and there the
-group shares are computed either from per-sample terms in one call (a batched product for Linear,
-one grouped weight-gradient call for Conv2d) summed per group by one product with the batch's
-one-hot group matrix, or, for large layers, by one weight-gradient call per group on its rows of the
+group shares are computed either from per-sample terms in one call (a batched product for Linear
+and pointwise Conv2d, one grouped weight-gradient call for other Conv2d) summed per group by one
+product with the batch's one-hot group matrix, or, for large layers, by one weight-gradient call per group on its rows of the
 batch (slices when the batch is sorted by group). The UNet's own parameters are frozen for that
 backward, so autograd computes only input gradients, and each parameter's gradient is set to the
 sum of its group shares: the weight gradients are computed once, split by group, not twice. The
@@ -130,6 +130,12 @@ def per_sample_small(m: nn.Module, x: torch.Tensor, g: torch.Tensor):
     return gw, (gb if m.bias is not None else None)
 
 
+def _fits(buffer: torch.Tensor | None, shape: tuple, like: torch.Tensor) -> bool:
+    """Whether a kept ``buffer`` holds ``shape`` (at least as many rows) on ``like``'s device and dtype."""
+    return (buffer is not None and buffer.shape[1:] == shape[1:] and len(buffer) >= shape[0]
+            and buffer.device == like.device and buffer.dtype == like.dtype)
+
+
 class _Caption(nn.Module):
     """The caption path of a model (its encoder, and the slots its forward hooks add), as one
     module whose parameters ``torch.func.functional_call`` can replace."""
@@ -180,8 +186,9 @@ class LayerShares:
         self.slices, self.rows, self.active, self.tokens = slices, group_of_row, True, None
         first = self.unet_params[0]
         self.onehot = F.one_hot(group_of_row, len(slices)).t().to(first.device, first.dtype)  # groups x batch
-        if self._buffer is None or len(self._buffer) < len(slices) or self._buffer.device != first.device:
-            # kept across steps: a fresh buffer this large would be paged in anew at every step
+        if not _fits(self._buffer, (len(slices), self.size), first):
+            # kept across steps (groups x parameters: small per source, large per sample with a large
+            # batch): a fresh buffer this large would be allocated and paged in anew at every step
             self._buffer = torch.empty(len(slices), self.size, device=first.device, dtype=first.dtype)
         self.flat = self._buffer[:len(slices)]
         self.written: set[int] = set()
@@ -303,7 +310,12 @@ class LayerShares:
     def finish(self) -> torch.Tensor:
         """After the step's backward: the caption encoder's group shares, zeros for parameters the
         step did not reach, and each parameter's gradient set to the sum of its group shares (the
-        UNet unfrozen). Returns every group's flat share (groups x parameters)."""
+        UNet unfrozen). Returns every group's flat share (groups x parameters).
+
+        Both live in buffers that the next step overwrites: the returned shares until the next
+        ``begin``, the gradients (views of one buffer) until the next ``finish``, unless they are
+        still set then (not cleared, or accumulated), in which case that step takes a fresh buffer.
+        Clone either to keep it."""
         self.active = False
         self._unfreeze()
         if self.tokens is not None and self.caption_params:  # the caption path took part
@@ -313,13 +325,13 @@ class LayerShares:
         for pid in self.offsets.keys() - self.written:
             start, n = self.offsets[pid]
             self.flat[:, start:start + n] = 0.0
-        if self._total is None or self._total.device != self.flat.device:
-            # the gradients are views of one buffer, rewritten at every step (the trainer drops them)
+        tracked = (*self.unet_params, *self.caption_params.values())
+        if not _fits(self._total, (self.size,), self.flat) or any(p.grad is not None for p in tracked):
             self._total = self.flat.new_empty(self.size)
             self._grads = {pid: self._total[start:start + n].view(self.shapes[pid])
                            for pid, (start, n) in self.offsets.items()}
         torch.sum(self.flat, 0, out=self._total)
-        for p in (*self.unet_params, *self.caption_params.values()):
+        for p in tracked:
             if id(p) in self.written:
                 g = self._grads[id(p)]
                 p.grad = g if p.grad is None else p.grad + g

@@ -136,7 +136,7 @@ class ProvenanceWriter(Hook):
         pending = self._pending
         self.setup(trainer.dataset.records, band_of, attrs)
         self.params = [p for _, p in named]
-        self._flat_views = [p.detach().view(-1) for p in self.params]  # the parameters, updated in place
+        self._flat_views = [p.detach().view(-1) for p in self.params]
         if getattr(self, "layer_shares", None) is not None:
             self.layer_shares.remove()
         self.router = next((h.router for h in trainer.hooks if getattr(h, "router", None) is not None),
@@ -181,10 +181,17 @@ class ProvenanceWriter(Hook):
     def after_backward(self, ctx) -> None:
         if self.layer_shares is not None:
             self._shares = self.layer_shares.finish()
-        self._before = torch.cat(self._flat_views)
+        self._before = self._flat_params()
+
+    def _flat_params(self) -> torch.Tensor:
+        """A copy of the parameters as one vector, in one call: the cached views follow in-place
+        updates, and are rebuilt where a parameter's storage was replaced (a cast, a move)."""
+        if any(v.data_ptr() != p.data_ptr() for v, p in zip(self._flat_views, self.params)):
+            self._flat_views = [p.detach().view(-1) for p in self.params]
+        return torch.cat(self._flat_views)
 
     def after_step(self, ctx) -> None:
-        delta = torch.cat(self._flat_views).sub_(self._before)
+        delta = self._flat_params().sub_(self._before)
         norm_sq, update = band_figures(self._shares, delta, self.spans)
         self.acc["grad_norm_sq"][self._ids] += norm_sq.cpu()
         self.acc["update_share"][self._ids] += update.cpu()

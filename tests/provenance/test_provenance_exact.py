@@ -132,3 +132,57 @@ def test_one_backward_writer_leaves_the_gradient_unchanged(tiny_cfg, smoke_datas
         scale = float(ref[name].abs().max())
         assert float((g - ref[name]).abs().max()) <= 1e-5 * scale, name
     assert all(p.requires_grad for p in trainer.model.parameters())  # unfrozen after the step
+
+
+def _indexed_trainer(tiny_cfg, smoke_dataset, tmp_path):
+    writer = ProvenanceWriter(ProvenanceConfig(enabled=True), smoke_dataset.sources)
+    trainer = Trainer(tiny_cfg, smoke_dataset, tmp_path, hooks=[writer], progress=False)
+    writer.on_start(trainer)
+    return trainer, writer
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_gradients_left_set_accumulate(tiny_cfg, smoke_dataset, tmp_path):
+    """The writer's gradients are views of a buffer kept across steps; gradients nobody cleared
+    (accumulation) add up to the sum of both batches' gradients, not twice the second's."""
+    trainer, writer = _indexed_trainer(tiny_cfg, smoke_dataset, tmp_path)
+    trainer.optimizer.step = lambda: None  # parameters fixed: both references hold
+    trainer.optimizer.zero_grad = lambda set_to_none=True: None
+    ref = {}
+    for _ in range(2):
+        ctx = trainer.make_context()
+        batch = {"x0": ctx.x0, "tokens": ctx.tokens, "noise": ctx.noise, "timesteps": ctx.timesteps,
+                 "weights": ctx.weights}
+        for n, g in plain_reference(trainer.model, batch).items():
+            ref[n] = ref.get(n, 0) + g
+        trainer.train_step(ctx)
+    for n, p in trainer.model.named_parameters():
+        scale = float(ref[n].abs().max())
+        assert float((p.grad - ref[n]).abs().max()) <= 1e-5 * max(scale, 1e-12), n
+
+
+def test_layer_called_twice_adds_its_shares(tiny_cfg, smoke_dataset, tmp_path):
+    """A parameter written twice in one step (a layer called twice) gets the sum of both group sums."""
+    _, writer = _indexed_trainer(tiny_cfg, smoke_dataset, tmp_path)
+    shares, g = writer.layer_shares, torch.Generator().manual_seed(0)
+    group_of_row = torch.tensor([0, 1, 1, 2, 0, 2])
+    shares.begin([torch.nonzero(group_of_row == k).flatten() for k in range(3)], group_of_row)
+    p = shares.unet_params[0]
+    a, b = (torch.randn(6, *p.shape, generator=g) for _ in range(2))
+    shares._put_rows(p, a)
+    shares._put_rows(p, b)
+    flat = shares.finish()
+    start, n = shares.offsets[id(p)]
+    want = torch.stack([(a + b)[group_of_row == k].sum(0).reshape(-1) for k in range(3)])
+    torch.testing.assert_close(flat[:, start:start + n], want)
+    torch.testing.assert_close(p.grad, (a + b).sum(0))
+    assert float(torch.cat([flat[:, :start], flat[:, start + n:]], 1).abs().sum()) == 0.0  # nothing else written
+
+
+def test_parameter_copies_follow_a_replaced_storage(tiny_cfg, smoke_dataset, tmp_path):
+    """The before/after copies of the parameters come from cached views, rebuilt when a parameter's
+    storage is replaced (a cast or a move), so the applied update is never read from stale memory."""
+    trainer, writer = _indexed_trainer(tiny_cfg, smoke_dataset, tmp_path)
+    p = writer.params[3]
+    p.data = p.data.clone() + 1.0
+    torch.testing.assert_close(writer._flat_params(), torch.cat([q.detach().reshape(-1) for q in writer.params]))
