@@ -1,18 +1,18 @@
 """Per-group gradient shares from the training step's own backward (no extra backward).
 
 For a Linear, Conv2d, GroupNorm or LayerNorm layer, the weight gradient is a sum over samples of
-terms built from the layer's input and its output gradient. A forward hook keeps each layer's
-input, a hook on its output catches the output gradient during the step's backward, and there the
-group shares are computed either from per-sample terms in one call (a batched product for Linear
-and pointwise Conv2d, one grouped weight-gradient call for other Conv2d) summed per group by one
-product with the batch's one-hot group matrix, or, for large layers, by one weight-gradient call per group on its rows of the
-batch (slices when the batch is sorted by group). The UNet's own parameters are frozen for that
-backward, so autograd computes only input gradients, and each parameter's gradient is set to the
-sum of its group shares: the weight gradients are computed once, split by group, not twice. The
-step's backward stops at the caption embedding; the caption path's (encoder and caption slots:
-small) group shares come after it from its per-sample gradients for that embedding's gradient
-(``torch.func``), and its gradient is their sum. With routing on, each parameter's shares count
-only the samples that may change its band (``LayerShares``); ``supported`` says whether a model
+terms built from the layer's input and its output gradient. A forward hook keeps each layer's input,
+a hook on its output catches the output gradient during the step's backward, and there the group
+shares are computed either from per-sample terms in one call (a batched product for Linear and
+pointwise Conv2d, one grouped weight-gradient call for other Conv2d) summed per group by one product
+with the batch's one-hot group matrix, or, for large layers, by one weight-gradient call per group
+on its rows of the batch (slices when the batch is sorted by group). The UNet's own parameters are
+frozen for that backward, so autograd computes only input gradients, and each parameter's gradient
+is set to the sum of its group shares: the weight gradients are computed once, split by group, not
+twice. The step's backward stops at the caption embedding; the caption path's (encoder and caption
+slots: small) group shares come after it from its per-sample gradients for that embedding's gradient
+(``torch.func``), and its gradient is their sum. With routing on, each parameter's shares count only
+the samples that may change its band (``LayerShares``); ``supported`` says whether a model
 qualifies."""
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def per_sample_conv(x: torch.Tensor, g: torch.Tensor, shape, stride, padding, di
     no padding) is a batched product, as for Linear, which is quicker."""
     b, out_ch = x.shape[0], g.shape[1]
     if tuple(shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0):
-        return torch.bmm(g.reshape(b, out_ch, -1), x.reshape(b, x.shape[1], -1).transpose(1, 2)).reshape(b, *shape)
+        per_sample = torch.bmm(g.reshape(b, out_ch, -1), x.reshape(b, x.shape[1], -1).transpose(1, 2))
+        return per_sample.reshape(b, *shape)
     grad = torch.ops.aten.convolution_backward(
         g.reshape(1, b * out_ch, *g.shape[2:]), x.reshape(1, b * x.shape[1], *x.shape[2:]),
         x.new_empty((b * out_ch, *shape[1:])), None, list(stride), list(padding), list(dilation),
