@@ -84,11 +84,11 @@ def per_sample_conv(x: torch.Tensor, g: torch.Tensor, shape, stride, padding, di
     """Per-sample gradients ``(batch, *shape)`` of a convolution's weight: one weight-gradient call
     with the batch folded into channel groups (the trick behind per-sample convolution gradients;
     only the weight's shape is read, so it is left empty); a pointwise convolution (1x1, stride 1,
-    no padding) is a batched product, as for Linear, which is quicker."""
+    no padding) is a Linear over its pixels (``per_sample_linear``), which is quicker."""
     b, out_ch = x.shape[0], g.shape[1]
     if tuple(shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0):
-        per_sample = torch.bmm(g.reshape(b, out_ch, -1), x.reshape(b, x.shape[1], -1).transpose(1, 2))
-        return per_sample.reshape(b, *shape)
+        pixels_last = x.flatten(2).transpose(1, 2), g.flatten(2).transpose(1, 2)  # (batch, pixels, channels)
+        return per_sample_linear(*pixels_last).reshape(b, *shape)
     grad = torch.ops.aten.convolution_backward(
         g.reshape(1, b * out_ch, *g.shape[2:]), x.reshape(1, b * x.shape[1], *x.shape[2:]),
         x.new_empty((b * out_ch, *shape[1:])), None, list(stride), list(padding), list(dilation),
