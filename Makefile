@@ -1,7 +1,10 @@
 # Two entry points for a fresh machine: `make demo` (the main job) and `make test` (the suite).
-# Both install what they need into .venv/. constraints.txt pins torch so that a CPU machine
-# takes the CPU wheel and never downloads CUDA builds (see README for GPU machines).
+# Both install what they need into .venv/. Unless .venv already has a torch (a GPU machine installs
+# its CUDA build first: README), torch is installed as the CPU build, 2.13.0+cpu, so a CPU machine
+# never downloads CUDA wheels: from pip's configured wheel store or indexes, or TORCH_INDEX
+# (e.g. https://download.pytorch.org/whl/cpu). constraints.txt keeps torch at 2.13.0 for the rest.
 VENV ?= .venv
+TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.govlab-installed
 
@@ -11,7 +14,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -c "import torch" 2>/dev/null || $(VENV)/bin/pip install -q -c constraints.txt "torch==2.13.0+cpu" \
+	  $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 

@@ -44,7 +44,7 @@ def train(preset: Optional[str] = typer.Option(None, help=f"Preset name ({', '.j
 
     cfg = load_config(preset if preset or config else "demo", config)
     if data is not None:
-        cfg = from_dict({"data": str(data)}, base=cfg)
+        cfg = from_dict({"data": str(data.resolve())}, base=cfg)
     if device is not None:
         cfg = from_dict({"train": {"device": device}}, base=cfg, where="--device")
     out = out or Path("runs") / cfg.name
@@ -66,8 +66,9 @@ def sample(run: Path, prompt: str = typer.Option(..., help="Caption to generate 
     from govlab.models.diffusion import TextToImage
     from govlab.report import image_grid, save_png
 
-    if n < 1:
-        raise GovlabError(f"-n must be >= 1, got {n}")
+    for name, value in (("-n", n), ("--steps", steps)):
+        if value < 1:
+            raise GovlabError(f"{name} must be >= 1, got {value}")
     model = TextToImage.load(run_dir(run) / "model.safetensors")
     images = model.generate([prompt] * n, seed=seed, steps=steps, guidance=guidance)
     save_png(image_grid(images, ncol=min(n, 8)), out)
@@ -219,6 +220,7 @@ def lineage(target: Path = typer.Option(..., help="Run directory or .safetensors
             seed: int = typer.Option(0, help="Sampling seed."),
             as_json: bool = JSON):
     """Was TARGET fine-tuned from a base model of POOL, or trained from scratch (NULL)?"""
+    from govlab.data.dataset import read_text
     from govlab.lineage.api import correlated_pairs, lineage_from_features, probe
     from govlab.lineage.distance import METHODS
 
@@ -228,7 +230,7 @@ def lineage(target: Path = typer.Option(..., help="Run directory or .safetensors
     if prompt_file is not None:
         if not prompt_file.is_file():
             raise GovlabError(f"{prompt_file}: prompt file not found")
-        prompts = [ln.strip() for ln in prompt_file.read_text().splitlines()
+        prompts = [ln.strip() for ln in read_text(prompt_file).splitlines()
                    if ln.strip() and not ln.lstrip().startswith("#")]
         if not prompts:
             raise GovlabError(f"{prompt_file}: no prompts (one per line)")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
+from govlab.data.dataset import read_text
 from govlab.data.world import WorldConfig
 from govlab.errors import GovlabError
 from govlab.io import sha256_json
@@ -18,6 +22,26 @@ from govlab.models.unet import ModelConfig
 from govlab.presets import names as presets
 from govlab.provenance.config import ProvenanceConfig
 from govlab.routing.config import RoutingConfig
+
+
+def _at_least(obj, **minima: int) -> None:
+    for name, low in minima.items():
+        if getattr(obj, name) < low:
+            raise ValueError(f"{name} must be >= {low}, got {getattr(obj, name)}")
+
+
+def _check_model(m: ModelConfig) -> None:
+    """What ``build_unet`` and diffusers would otherwise refuse only once training starts."""
+    _at_least(m, image_size=1, layers_per_block=1, text_dim=1, text_layers=1, text_heads=1,
+              max_length=1, head_dim=1, norm_groups=1)
+    if not m.channels or len(m.channels) != len(m.attention):
+        raise ValueError(f"channels and attention must have one entry per resolution level, got "
+                         f"{len(m.channels)} and {len(m.attention)}")
+    if any(c < 1 or c % m.norm_groups for c in m.channels):
+        raise ValueError(f"channels must be positive multiples of norm_groups ({m.norm_groups}), "
+                         f"got {list(m.channels)}")
+    if m.text_dim % m.text_heads:
+        raise ValueError(f"text_dim ({m.text_dim}) must be a multiple of text_heads ({m.text_heads})")
 
 
 @dataclass(frozen=True)
@@ -39,6 +63,10 @@ class TrainConfig:
         d = self.device
         if not isinstance(d, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", d, re.ASCII):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {d!r}")
+        _at_least(self, steps=0, warmup_steps=0, threads=0, batch_size=1, checkpoint_every=1)
+        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.caption_dropout <= 1:
+            raise ValueError(f"lr must be > 0, weight_decay >= 0 and caption_dropout in [0, 1], got "
+                             f"{self.lr}, {self.weight_decay} and {self.caption_dropout}")
 
 
 @dataclass(frozen=True)
@@ -48,6 +76,9 @@ class EvalConfig:
     per_prompt: int = 4
     steps: int = 20
     guidance: float = 3.0
+
+    def __post_init__(self):
+        _at_least(self, per_prompt=1, steps=1)
 
 
 @dataclass(frozen=True)
@@ -83,16 +114,57 @@ SECTIONS = {"world": WorldConfig, "model": ModelConfig, "train": TrainConfig, "e
             "provenance": ProvenanceConfig}
 
 
-def _build(cls, values: dict, where: str):
-    names = {f.name: f for f in dataclasses.fields(cls)}
+EXPECTED = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            dict: "a mapping", tuple: "a list", type(None): "null"}
+
+
+def _conform(value, typ, key: str):
+    """``value`` as a field of type ``typ`` holds it (a list as a tuple; a numeric string as a float,
+    as YAML 1.1 reads ``1e-3`` as a string); a value that does not fit is refused naming ``key``."""
+    if isinstance(typ, types.UnionType):
+        if value is None and type(None) in typ.__args__:
+            return None
+        for t in typ.__args__:
+            try:
+                return _conform(value, t, key)
+            except GovlabError:
+                pass
+        expected = " or ".join(EXPECTED[typing.get_origin(t) or t] for t in typ.__args__)
+        raise GovlabError(f"{key}: expected {expected}, got {value!r}")
+    origin = typing.get_origin(typ) or typ
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise GovlabError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(typ)
+        return tuple(_conform(v, args[0], f"{key}[{i}]") if args else v for i, v in enumerate(value))
+    if origin is float and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if origin is float:  # an int stays an int: the config hash of existing runs is unchanged
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        ok = isinstance(value, origin) and (origin is bool or not isinstance(value, bool))
+    if not ok:
+        raise GovlabError(f"{key}: expected {EXPECTED[origin]}, got {value!r}")
+    return value
+
+
+def _build(cls, values: dict, where: str, section: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in names:
-            raise GovlabError(f"{where}: unknown key {key!r} (known: {', '.join(names)})")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+            raise GovlabError(f"{where}: {section}: unknown key {key!r} (known: {', '.join(names)})")
+    kwargs = {k: _conform(v, hints[k], f"{where}: {section}.{k}") for k, v in values.items()}
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
+        if cls is ModelConfig:  # defined in govlab.models.unet, without checks of its own
+            _check_model(built)
+        return built
     except (TypeError, ValueError) as e:
-        raise GovlabError(f"{where}: {e}") from None
+        raise GovlabError(f"{where}: {section}: {e}") from None
 
 
 def from_dict(values: dict, *, base: RunConfig | None = None, where: str = "config") -> RunConfig:
@@ -109,7 +181,9 @@ def from_dict(values: dict, *, base: RunConfig | None = None, where: str = "conf
             merged[key] = value
         else:
             raise GovlabError(f"{where}: unknown key {key!r} (known: name, data, {', '.join(SECTIONS)})")
-    sections = {k: _build(cls, merged[k], f"{where} [{k}]") for k, cls in SECTIONS.items()}
+    if merged["data"] is not None and not isinstance(merged["data"], str):
+        raise GovlabError(f"{where}: data: expected a folder path, got {merged['data']!r}")
+    sections = {k: _build(cls, merged[k], where, k) for k, cls in SECTIONS.items()}
     return RunConfig(name=str(merged["name"]), data=merged["data"], **sections)
 
 
@@ -117,8 +191,9 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise GovlabError(f"{path}: config file not found")
+    text = read_text(path)
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise GovlabError(f"{path}: not valid YAML ({e})") from None
 

@@ -12,7 +12,8 @@ import torch
 @dataclass
 class StepContext:
     """What a hook sees of one training step. Hooks may change ``tokens`` (before the forward)
-    and ``weights`` (per-sample loss weights, before the backward)."""
+    and ``weights`` (per-sample loss weights, before the backward); only ``arrange`` may reorder
+    the batch."""
 
     step: int
     indices: torch.Tensor  # dataset row of each sample in the batch
@@ -36,6 +37,11 @@ class Hook:
         ``trainer.model`` and may return the optimizer to use instead of AdamW (routing does both)."""
 
     def on_start(self, trainer) -> None: ...
+
+    def arrange(self, ctx: StepContext) -> None:
+        """Called before any hook's ``before_forward``: the one point where a hook may reorder the
+        batch (every per-sample field together), so that the other hooks see one order."""
+
     def before_forward(self, ctx: StepContext) -> None: ...
     def before_backward(self, ctx: StepContext) -> None: ...
     def after_backward(self, ctx: StepContext) -> None: ...
@@ -62,9 +68,21 @@ class EventLog:
             f.write(json.dumps({"event": kind, **fields}, default=str) + "\n")
 
     def read(self) -> list[dict]:
+        from govlab.data.dataset import read_text
+        from govlab.errors import GovlabError
+
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        events = []
+        for lineno, line in enumerate(read_text(self.path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise GovlabError(f"{self.path} line {lineno}: not valid JSON ({e.msg}); the file is "
+                                  "damaged (a crash while writing?)") from None
+        return events
 
     def truncate_after(self, step: int) -> None:
         """Drop events logged after ``step`` (used on resume, so a replayed step logs once)."""

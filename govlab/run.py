@@ -28,10 +28,11 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: l
     dataset, routing_hooks = attach(cfg, dataset)
     dataset, provenance_hooks = attach_provenance(cfg, dataset, sources)  # these may refuse: before clearing
     monitor_hooks = attach_monitor(cfg, dataset)
+    trainer = Trainer(cfg, dataset, out, hooks=[*routing_hooks, *monitor_hooks, *provenance_hooks, *hooks],
+                      progress=progress)  # writes nothing yet, and may refuse (batch size, routing bands)
     if not resume:
         clear_run(out)
-    trainer = Trainer(cfg, dataset, out, hooks=[*routing_hooks, *monitor_hooks, *provenance_hooks, *hooks],
-                      progress=progress).fit(resume=resume)
+    trainer.fit(resume=resume)
     evaluator, acc = load_evaluator(cfg.model.image_size, progress=progress)
     e = cfg.eval
     scores, images, probes = score_model(trainer.model, sources, per_prompt=e.per_prompt,

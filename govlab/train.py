@@ -136,6 +136,8 @@ class Trainer:
 
     def train_step(self, ctx: StepContext) -> float:
         for h in self.hooks:
+            h.arrange(ctx)
+        for h in self.hooks:
             h.before_forward(ctx)
         ctx.per_sample_loss = self.model(ctx.x0, ctx.tokens, ctx.noise, ctx.timesteps)
         for h in self.hooks:
@@ -194,12 +196,12 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, *, resume: bool = False, until: int | None = None) -> "Trainer":
         """Train to ``cfg.train.steps`` (or ``until``), checkpointing every ``checkpoint_every`` steps."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        if resume:
+        if resume:  # before mkdir: an --out that is a file is named as holding no checkpoint
             self.load_state_dict(load_state(self.out / CHECKPOINT))
             self.events.truncate_after(self.step - 1)
         else:
             self.events.path.unlink(missing_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
         write_text(self.out / "config.yaml", to_yaml(self.cfg))
         for h in self.hooks:
             h.on_start(self)
@@ -224,6 +226,8 @@ class Trainer:
 
 def clear_run(out: Path) -> None:
     """Remove a previous run's artifacts before a fresh (non-resumed) run writes there."""
+    if out.exists() and not out.is_dir():
+        raise GovlabError(f"{out}: exists and is not a directory; refusing to overwrite")
     if out.exists() and not (out / "config.yaml").is_file() and any(out.iterdir()):
         raise GovlabError(f"{out}: exists and is not a govlab run directory; refusing to overwrite")
     if out.exists():

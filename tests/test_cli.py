@@ -26,7 +26,8 @@ def test_train_smoke_end_to_end(smoke_run):
     for name in ("config.yaml", "model.safetensors", "report.md", "samples/artist_0.png", "scores.json"):
         assert (out / name).is_file(), name
     assert result["run"] == str(out) and result["steps"] == 30
-    assert 0 <= result["style_acc"] <= 1 and "shape_acc" in result
+    scores = json.loads((out / "scores.json").read_text())["scores"]
+    assert result["style_acc"] == scores["style_acc"] and result["shape_acc"] == scores["shape_acc"]
     assert "style_acc" in (out / "report.md").read_text()
 
 
@@ -42,6 +43,8 @@ def test_sample_writes_a_png(smoke_run, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
     (["sample", "/nonexistent", "--prompt", "x"], "not a govlab run directory"),
+    (["sample", "/nonexistent", "--prompt", "x", "--steps", "0"], "--steps must be >= 1, got 0"),
+    (["sample", "/nonexistent", "--prompt", "x", "--steps", "-1"], "--steps must be >= 1, got -1"),
     (["bench", "nope"], "unknown benchmark 'nope'"),
 ])
 def test_user_errors_are_one_line(args, message, tmp_path):

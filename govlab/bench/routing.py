@@ -69,7 +69,8 @@ def bench_routing(*, quick: bool = False, device: str | None = None, preset: str
         # exactness and leakage on one mixed batch, before any step
         hook = routed.hooks[0]
         ctx = routed.make_context()
-        hook.before_forward(ctx)  # sorted as in training
+        hook.arrange(ctx)  # sorted and routed as in training
+        hook.before_forward(ctx)
         router, model, batch = hook.router, routed.model, _batch(ctx)
         router.clear()
         n_exact = 12 if quick else len(ctx.records)

@@ -86,4 +86,5 @@ def bench_train(*, quick: bool = False, device: str | None = None, preset: str |
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"step_s": round(med["govlab"], 4), "plain_step_s": round(med["plain"], 4),
             "ratio": round(paired_ratio(times, "govlab", "plain"), 4), "batch_size": cfg.train.batch_size,
-            "image_size": cfg.model.image_size, "preset": preset or "demo", "device": cfg.train.device, "quick": quick}
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "unet_parameters": sum(p.numel() for p in model.unet.parameters()), "image_size": cfg.model.image_size, "preset": preset or "demo", "device": cfg.train.device, "quick": quick}

@@ -63,13 +63,21 @@ def validate_record(rec: object, where: str) -> dict:
     return rec
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; other bytes are refused naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise GovlabError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
 def read_metadata(root: Path) -> list[dict]:
     """Parse and validate ``root/metadata.jsonl`` (errors name the file and line)."""
     meta = root / "metadata.jsonl"
     if not meta.is_file():
         raise GovlabError(f"{meta}: not found (a dataset folder needs images and metadata.jsonl)")
     records = []
-    for lineno, line in enumerate(meta.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_text(meta).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{meta} line {lineno}"

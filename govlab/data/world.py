@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from govlab.errors import GovlabError
 from govlab.io import atomic_path
 
 WORLD_VERSION = 1
@@ -268,9 +269,14 @@ def world_records(cfg: WorldConfig) -> list[dict]:
 def generate_world(cfg: WorldConfig, out: str | Path, *, progress: bool = True) -> Path:
     """Write the world as an imagefolder (``images/*.png`` + ``metadata.jsonl``) under ``out``.
 
-    Deterministic in ``cfg``; ``world.json`` records the config. Returns ``out``.
+    Deterministic in ``cfg``; ``world.json`` records the config. Returns ``out``. A folder that holds
+    anything but a world written here before is refused.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GovlabError(f"{out}: exists and is not a directory; refusing to overwrite")
+    if out.exists() and any(out.iterdir()) and not (out / "world.json").is_file():
+        raise GovlabError(f"{out}: not empty and not a generated world (no world.json); refusing to overwrite")
     (out / "images").mkdir(parents=True, exist_ok=True)
     records = world_records(cfg)
     cache: dict[int, np.ndarray] = {}

@@ -15,6 +15,7 @@ from govlab.memorization.detectors import (MEMORIZED_RATIO, detection_auc, dista
                                           pixel_features, unique_images, world_features)
 
 AUDIT_DIR = "memorization"
+OUTPUTS = (f"{AUDIT_DIR}/audit.json", f"{AUDIT_DIR}/audit_grid.png")
 
 
 def is_planted(record: dict) -> bool:
@@ -131,11 +132,13 @@ def noise_magnitude_check(model, dataset, captions: list[str], *, timesteps=(800
 
 def audit_run(run: str | Path, *, sample: int | None = None, n: int = 4, steps: int | None = None,
               seed: int = 0, progress: bool = True) -> dict:
-    """Audit a trained run; writes ``RUN/memorization/audit.json`` and ``audit_grid.png``."""
+    """Audit a trained run; writes ``RUN/memorization/audit.json`` and ``audit_grid.png`` and re-seals
+    the run's manifest, refusing a sealed run whose files no longer match it (as ``attest`` does)."""
     from govlab.config import from_dict, read_yaml
     from govlab.data.cache import run_dataset
     from govlab.eval.classifiers import load_evaluator
     from govlab.models.diffusion import TextToImage
+    from govlab.provenance.manifest import require_intact, write_manifest
     from govlab.report import image_grid, save_png
 
     run = Path(run)
@@ -151,6 +154,7 @@ def audit_run(run: str | Path, *, sample: int | None = None, n: int = 4, steps: 
         raise GovlabError(f"--steps must be >= 1, got {steps}")
     if n < 1:
         raise GovlabError(f"-n must be >= 1, got {n}")
+    sealed = require_intact(run, OUTPUTS, "auditing")
     model = TextToImage.load(run / "model.safetensors")
     dataset = run_dataset(cfg, progress=progress)
     rows = None
@@ -168,9 +172,10 @@ def audit_run(run: str | Path, *, sample: int | None = None, n: int = 4, steps: 
         result.update(noise_magnitude_check(model, dataset, captions, timesteps=m.timesteps, noises=m.noises,
                                             guidance=cfg.eval.guidance, seed=seed,
                                             reproduced=[it["pixel"] for it in result["items"]]))
-    out = run / AUDIT_DIR
-    grid = out / "audit_grid.png"
+    path, grid = (run / f for f in OUTPUTS)
     save_png(image_grid(pairs, ncol=16), grid)
-    result = {"run": str(run), **result, "grid": str(grid), "json": str(out / "audit.json")}
-    write_json(out / "audit.json", result)
+    result = {"run": str(run), **result, "grid": str(grid), "json": str(path)}
+    write_json(path, result)
+    if sealed:
+        write_manifest(run)
     return result

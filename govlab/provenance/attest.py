@@ -8,7 +8,7 @@ from pathlib import Path
 from govlab.errors import GovlabError
 from govlab.hooks import EventLog
 from govlab.io import write_json, write_text
-from govlab.provenance.manifest import MANIFEST, verify, write_manifest
+from govlab.provenance.manifest import require_intact, write_manifest
 from govlab.provenance.optouts import OPTOUTS, read_optouts
 
 
@@ -25,13 +25,7 @@ def attest(run: str | Path, *, progress: bool = False) -> dict:
     run = Path(run)
     if not (run / "config.yaml").is_file():
         raise GovlabError(f"{run}: not a govlab run directory (no config.yaml)")
-    sealed = (run / MANIFEST).is_file()
-    if sealed:
-        problems = [p for p in verify(run) if p.partition(": ")[2] not in OUTPUTS]
-        if problems:
-            raise GovlabError(f"{run}: the run does not match its {MANIFEST} ({'; '.join(problems[:3])}"
-                              f"{'; ...' if len(problems) > 3 else ''}); not attesting it (`govlab verify` "
-                              "lists every difference)")
+    sealed = require_intact(run, OUTPUTS, "attesting")
     cfg = from_dict(read_yaml(run / "config.yaml"), where=str(run / "config.yaml"))
     records = run_dataset(cfg, progress=progress).records
     events = EventLog(run / "events.jsonl").read()
@@ -83,5 +77,6 @@ def markdown(a: dict) -> str:
                          f"{p.get('max_grad_norm_sq')} | {p.get('zero_influence')} |")
         lines += ["", "`max grad_norm_sq since` is the largest squared norm of the source's share of the "
                   "gradient, over every checkpoint interval of the provenance index that starts at or "
-                  "after its opt-out: 0.0 means it changed no parameter from then on.", ""]
+                  "after its opt-out: 0.0 means none of its records contributed to any gradient from then on (the "
+                  "optimizer's momentum still carries gradients of earlier steps into later updates).", ""]
     return "\n".join(lines)

@@ -11,12 +11,11 @@ GRANULARITIES = ("cohort", "sample")
 class ProvenanceConfig:
     """The provenance index (``index.nc``) and the opt-out registry.
 
-    ``granularity: cohort`` records one row per source (size independent of the number of samples);
-    ``sample`` one row per dataset record, streamed to ``index.parts/`` one file per checkpoint.
-    ``optouts``: path of an ``optouts.jsonl`` registry (source_id, since, scope), or None.
-    Off by default: exact shares cost time (``govlab bench index --quick``: a step takes about 1.9x
-    with routing off, where shares come from the step's own backward; with routing on, one extra
-    backward per source in the batch).
+    ``granularity: cohort`` records one row per source (size independent of the number of samples,
+    but for the monitor's ``mem_score(sample, checkpoint)``); ``sample`` one row per dataset record,
+    streamed to ``index.parts/`` one file per checkpoint. ``optouts``: path of an ``optouts.jsonl``
+    registry (source_id, since, scope), or None. Off by default: exact shares cost time (a step
+    takes 1.3-1.45x, routing on or off: ``govlab bench index [--quick] --json``, README).
     """
 
     enabled: bool = False

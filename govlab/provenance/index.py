@@ -37,10 +37,17 @@ def check(ds: xr.Dataset, where: Path) -> xr.Dataset:
             raise GovlabError(f"{where}: variable {var!r} has dimensions {ds[var].dims}, expected {dims}")
     if dim == "sample" and "source_id" not in ds.coords:
         raise GovlabError(f"{where}: per-sample provenance index lacks coordinate 'source_id'")
-    try:
-        json.loads(ds.attrs["bands_json"])
-    except (KeyError, TypeError, ValueError):
-        raise GovlabError(f"{where}: provenance index lacks a JSON attribute 'bands_json'") from None
+    if dim == "sample" and ds.get("source_steps_seen", xr.DataArray()).dims != ("source", "checkpoint"):
+        raise GovlabError(f"{where}: per-sample provenance index lacks variable 'source_steps_seen' "
+                          "(source, checkpoint)")
+    if ds.attrs.get("granularity") != {"source": "cohort", "sample": "sample"}[dim]:
+        raise GovlabError(f"{where}: attribute 'granularity' is {ds.attrs.get('granularity')!r}, but the "
+                          f"index is laid out per {dim}")
+    for attr in ("bands_json", *(["sources_json"] if "sources_json" in ds.attrs else [])):
+        try:
+            json.loads(ds.attrs[attr])
+        except (KeyError, TypeError, ValueError):
+            raise GovlabError(f"{where}: provenance index lacks a JSON attribute {attr!r}") from None
     return ds
 
 
@@ -65,7 +72,7 @@ class ProvenanceIndex:
 
     def __init__(self, ds: xr.Dataset, run: Path | None = None):
         self.ds, self.run = ds, run
-        self.dim = "source" if "source" in ds.dims else "sample"
+        self.dim = "source" if "source" in ds["steps_seen"].dims else "sample"
 
     @classmethod
     def open(cls, run: str | Path, *, check_model: bool = True) -> "ProvenanceIndex":
@@ -73,7 +80,8 @@ class ProvenanceIndex:
         match the run's model (structure hash) and config (hash)."""
         run = Path(run)
         path = run / INDEX
-        parts = sorted((run / PARTS).glob("step_*.nc"), key=lambda p: int(p.stem.removeprefix("step_")))
+        parts = sorted((p for p in (run / PARTS).glob("step_*.nc") if p.stem[5:].isdigit()),
+                       key=lambda p: int(p.stem[5:]))
         if path.is_file():
             ds = check(_load(path), path)
         elif parts:
@@ -121,12 +129,16 @@ class ProvenanceIndex:
         return sorted({str(s) for s in self.ds["source_id"].values})
 
     def by_source(self) -> xr.Dataset:
-        """The figures per source (per-sample rows summed by their source; zeros for a source
-        without rows)."""
+        """The figures per source; zeros for a source without rows. From a per-sample index: the
+        samples' ``update_share`` summed by source (exact), ``steps_seen`` as recorded per source,
+        and ``grad_norm_sq`` the sum of the samples' squared norms, which is not the squared norm
+        of the source's share (that needs a cohort index; zero exactly when every sample's is)."""
         ds = self.ds[list(REQUIRED_VARS)]
         if self.dim == "sample":
-            ds = ds.groupby(self.ds["source_id"].rename("source")).sum().reindex(source=self.sources,
-                                                                                fill_value=0)
+            summed = ds[["grad_norm_sq", "update_share"]].drop_vars("source", errors="ignore")
+            ds = summed.groupby(self.ds["source_id"].rename("source")).sum().reindex(source=self.sources,
+                                                                                    fill_value=0)
+            ds["steps_seen"] = self.ds["source_steps_seen"].reindex(source=self.sources, fill_value=0)
         return ds
 
     def _source(self, source: str) -> None:

@@ -15,11 +15,20 @@ CHECKPOINT = re.compile(r"checkpoints/step_(\d+)\.safetensors")
 TEMPORARY = re.compile(r"\..+\.tmp")
 
 
-def artifacts(run: Path) -> list[str]:
-    """Every file of the run (relative paths), except its manifest and the temporary files of writes
-    in progress (``govlab.io.atomic_path``)."""
+def _files(run: Path) -> list[str]:
+    """Every file of the run (relative paths) but its manifest."""
     return sorted(rel for p in run.rglob("*") if p.is_file()
-                  and (rel := p.relative_to(run).as_posix()) != MANIFEST and not TEMPORARY.fullmatch(p.name))
+                  and (rel := p.relative_to(run).as_posix()) != MANIFEST)
+
+
+def _temporary(f: str) -> bool:
+    return TEMPORARY.fullmatch(f.rpartition("/")[2]) is not None
+
+
+def artifacts(run: Path) -> list[str]:
+    """Every file of the run (relative paths), except its manifest and the temporary files of
+    unfinished writes (``govlab.io.atomic_path``), which are no artifact (``verify`` reports them)."""
+    return [f for f in _files(run) if not _temporary(f)]
 
 
 def chain(files: dict[str, str]) -> list[dict]:
@@ -44,7 +53,9 @@ def write_manifest(run: str | Path) -> dict:
 
 
 def verify(run: str | Path) -> list[str]:
-    """Problems found (``changed: F``, ``added: F``, ``removed: F``, a broken chain); [] if intact."""
+    """Problems found (``changed: F``, ``added: F``, ``removed: F``, a broken chain, and
+    ``unfinished write: F`` for a temporary file left by a write: the manifest is written last, so
+    such a file is a write still going on or one that was interrupted); [] if intact."""
     run = Path(run)
     path = run / MANIFEST
     if not path.is_file():
@@ -63,7 +74,8 @@ def verify(run: str | Path) -> list[str]:
         problems.append(f"changed: {MANIFEST} (root hash does not match its entries)")
     if checkpoints != chain(recorded):
         problems.append(f"changed: {MANIFEST} (checkpoint chain broken)")
-    present = set(artifacts(run))
+    files = _files(run)
+    present = {f for f in files if not _temporary(f)}
     for f in sorted(set(recorded) | present):
         if f not in present:
             problems.append(f"removed: {f}")
@@ -71,4 +83,18 @@ def verify(run: str | Path) -> list[str]:
             problems.append(f"added: {f}")
         elif sha256_file(run / f) != recorded[f]:
             problems.append(f"changed: {f}")
-    return problems
+    return problems + [f"unfinished write: {f}" for f in files if _temporary(f)]
+
+
+def require_intact(run: Path, outputs: tuple[str, ...], doing: str) -> bool:
+    """Before writing ``outputs`` (paths in the run) into a run and re-sealing it with
+    ``write_manifest``: whether the run is sealed, refusing a sealed run whose other files no longer
+    match its manifest (re-sealing would hide the change). ``doing`` names the refused action."""
+    if not (run / MANIFEST).is_file():
+        return False
+    problems = [p for p in verify(run) if p.partition(": ")[2] not in outputs]
+    if problems:
+        raise GovlabError(f"{run}: the run does not match its {MANIFEST} ({'; '.join(problems[:3])}"
+                          f"{'; ...' if len(problems) > 3 else ''}); not {doing} it (`govlab verify` "
+                          "lists every difference)")
+    return True

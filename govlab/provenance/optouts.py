@@ -5,7 +5,9 @@ left out: ``training``). ``since`` is the training step from which the source ma
 the model: 0 rejects its records at ingestion (logged to events.jsonl); a later step zeroes its
 samples' loss weight from that step on (its share of every gradient is then exactly 0) and drops its
 records from the next epoch.
-``scope: all`` also attenuates the source's routing slot to 0 after training (recorded).
+``scope: all`` also attenuates the source's routing slot to 0 after training (recorded); a run
+whose model gives the source no slot refuses it (unless ``since`` is 0: the source then never
+trained).
 """
 
 from __future__ import annotations
@@ -31,15 +33,24 @@ class OptOut:
     scope: str = "training"
 
 
-def read_optouts(path: str | Path, sources: list[str]) -> list[OptOut]:
-    """Parse and validate a registry; errors name the file, line and field."""
+def read_registry(path: str | Path) -> str:
+    """The text of a registry (UTF-8)."""
     path = Path(path)
     if not path.is_file():
         raise GovlabError(f"{path}: opt-out registry not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise GovlabError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def read_optouts(path: str | Path, sources: list[str]) -> list[OptOut]:
+    """Read, parse and validate a registry; errors name the file, line and field."""
+    return parse_optouts(read_registry(path), path, sources)
+
+
+def parse_optouts(text: str, path: str | Path, sources: list[str]) -> list[OptOut]:
+    """Parse and validate the text of the registry ``path``; errors name the file, line and field."""
     out, seen = [], set()
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -84,6 +95,18 @@ def ingest(dataset: Dataset, optouts: list[OptOut]) -> tuple[Dataset, list[dict]
     return (dataset.subset(keep) if rejected else dataset), rejected
 
 
+def check_slots(optouts: list[OptOut], slotted: set[str], mode: str, path: str | Path) -> None:
+    """Refuse an opt-out with ``scope: all`` that acts after step 0 on a source the run's model
+    gives no slot (``slotted``: the sources with one; ``mode``: routing.mode): the slot it asks to
+    zero after training would not exist, so what the source learnt before ``since`` would stay."""
+    for o in optouts:
+        if o.scope == "all" and o.since > 0 and o.source_id not in slotted:
+            raise GovlabError(
+                f"{path}: source {o.source_id!r} opts out with scope 'all', which zeroes its routing slot "
+                f"after training, but this run gives it no slot (routing.mode: {mode}; sources with slots: "
+                f"{', '.join(sorted(slotted)) or 'none'}); train it with a slot or use scope 'training'")
+
+
 class OptOutHook(Hook):
     """Honours the registry during training and after it (see the module docstring); ``text`` is
     the registry as read from ``path``, copied into the run (``optouts.jsonl``) so that the run can
@@ -96,14 +119,12 @@ class OptOutHook(Hook):
     change: it acts only after training.
     """
 
-    def __init__(self, optouts: list[OptOut], rejected: list[dict] = (), text: str | None = None,
-                 path: str | Path = OPTOUTS):
+    def __init__(self, optouts: list[OptOut], rejected: list[dict], text: str, path: str | Path):
         self.optouts, self.rejected, self.text, self.path = list(optouts), list(rejected), text, path
         self.steps_done = 0
 
     def on_start(self, trainer) -> None:
-        if self.text is not None:
-            write_text(trainer.out / OPTOUTS, self.text)
+        write_text(trainer.out / OPTOUTS, self.text)
         if trainer.step == 0:
             for r in self.rejected:
                 trainer.events.write("ingestion_rejected", step=0, **r)

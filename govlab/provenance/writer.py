@@ -8,8 +8,9 @@ optimizer sees, routing included). Per band the writer accumulates its squared n
 checkpoint the sums of the interval since the previous checkpoint are flushed to ``index.nc``
 (per source), or to one file per checkpoint under ``index.parts/`` (per sample).
 The shares come from the step's own backward (``govlab.provenance.layers``), routing on or off;
-for a model that path does not support (routing slots inside the UNet), from one extra backward
-per group in the batch (exact, slower).
+for a model that path does not support (a layer type the hooks do not cover, or UNet slots with
+triggers), from one extra backward per group in the batch (exact, slower). A per-sample index
+also counts ``source_steps_seen``: the steps each source took part in.
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ class ProvenanceWriter(Hook):
         else:
             self.names = list(range(len(records)))
             self.group_of_row = torch.arange(len(records))
+            pos = {s: i for i, s in enumerate(self.sources)}
+            self.source_of_row = torch.tensor([pos[r["source_id"]] for r in records], dtype=torch.int64)
         self.attrs = attrs
         self._reset()
 
@@ -119,6 +122,8 @@ class ProvenanceWriter(Hook):
                     "update_share": torch.zeros(n, b, dtype=torch.float64),
                     "steps_seen": torch.zeros(n, dtype=torch.int64),
                     "samples_seen": torch.zeros(n, dtype=torch.int64)}
+        if self.cfg.granularity == "sample":  # steps per source: not a sum over its samples' rows
+            self.acc["source_steps_seen"] = torch.zeros(len(self.sources), dtype=torch.int64)
 
     def on_start(self, trainer) -> None:
         model = trainer.model
@@ -153,20 +158,24 @@ class ProvenanceWriter(Hook):
             self.on_checkpoint(trainer, trainer.step)
 
     # -- per step ------------------------------------------------------------------------------
-    def before_forward(self, ctx) -> None:
-        gid = self.group_of_row[ctx.indices]
-        # with the one-backward path and routing off, sort the batch by group so that each group is a
-        # slice (views, not copies, in the backward); the per-sample loss is order-free, so this
-        # changes only the order of the sum (a routed batch keeps the order its routing table was set for)
-        sort = self.layer_shares is not None and self.router is None
-        if sort:
-            perm = torch.argsort(gid, stable=True)
+    def _sorts(self) -> bool:
+        """With the one-backward path and routing off, the batch is sorted by group so that each
+        group is a slice (views, not copies, in the backward); the per-sample loss is order-free, so
+        this changes only the order of the sum (a routed batch keeps the order its routing table was
+        set for)."""
+        return self.layer_shares is not None and self.router is None
+
+    def arrange(self, ctx) -> None:
+        if self._sorts():
+            perm = torch.argsort(self.group_of_row[ctx.indices], stable=True)
             for name in ("indices", "x0", "tokens", "noise", "timesteps", "weights"):
                 setattr(ctx, name, getattr(ctx, name)[perm])
             ctx.records = [ctx.records[i] for i in perm.tolist()]
-            gid = gid[perm]
+
+    def before_forward(self, ctx) -> None:
+        gid = self.group_of_row[ctx.indices]
         self._ids, local, self._counts = torch.unique(gid, return_inverse=True, return_counts=True)
-        if sort:
+        if self._sorts():
             ends = torch.cumsum(self._counts, 0).tolist()
             self._groups = [slice(e - n, e) for e, n in zip(ends, self._counts.tolist())]
         else:
@@ -197,6 +206,8 @@ class ProvenanceWriter(Hook):
         self.acc["update_share"][self._ids] += update.cpu()
         self.acc["steps_seen"][self._ids] += 1
         self.acc["samples_seen"][self._ids] += self._counts
+        if "source_steps_seen" in self.acc:
+            self.acc["source_steps_seen"][torch.unique(self.source_of_row[self._ids])] += 1
         self._shares = self._before = None
 
     # -- flush ---------------------------------------------------------------------------------
@@ -245,6 +256,8 @@ class ProvenanceWriter(Hook):
                   "checkpoint": np.array(checkpoints, dtype=np.int64)}
         if dim == "sample":
             coords["source_id"] = ("sample", np.array([r["source_id"] for r in self.records], dtype=object))
+            coords["source"] = np.array(self.sources, dtype=object)
+            data["source_steps_seen"] = (("source", "checkpoint"), arrays["source_steps_seen"].numpy())
         if any(m is not None for m in mem):
             n = len(self.records)
             cols = [np.asarray(m) if m is not None else np.full(n, np.nan) for m in mem]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import uuid
 from pathlib import Path
 
 from govlab.errors import GovlabError
@@ -31,6 +32,7 @@ def attenuate_run(run: str | Path, source: str, factor: float, out: str | Path, 
     from govlab.data.cache import run_dataset
     from govlab.eval.scores import score_model
     from govlab.models.diffusion import TextToImage
+    from govlab.provenance.manifest import write_manifest
     from govlab.report import save_sample_grids
     from govlab.routing.slots import scale_slot, slot_names
     from govlab.train import clear_run
@@ -57,20 +59,30 @@ def attenuate_run(run: str | Path, source: str, factor: float, out: str | Path, 
         before = score_model(model, sources, per_prompt=e.per_prompt, steps=e.steps, guidance=e.guidance,
                              seed=cfg.train.seed)[0]
     layers = scale_slot(model, source, factor)
-    clear_run(out)
-    out.mkdir(parents=True)
-    shutil.copyfile(run / "config.yaml", out / "config.yaml")
-    if (run / "routing.json").is_file():
-        shutil.copyfile(run / "routing.json", out / "routing.json")
-    model.save(out / "model.safetensors")
-    after, images, probes = score_model(model, sources, per_prompt=e.per_prompt, steps=e.steps,
-                                        guidance=e.guidance, seed=cfg.train.seed)
-    grids = save_sample_grids(images, probes, out)
-    write_json(out / "scores.json", {"scores": after})
-    result = {"run": str(out), "from": str(run), "source": source, "factor": factor, "layers": layers,
-              "before": effect(before, source), "after": effect(after, source)}
-    write_json(out / "attenuation.json", result)
-    write_report(out, result, grids)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # built beside ``out`` and renamed into place once sealed: never a half-written run at ``out``,
+    # and a previous run there is kept until the new one is complete
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        shutil.copyfile(run / "config.yaml", tmp / "config.yaml")
+        if (run / "routing.json").is_file():
+            shutil.copyfile(run / "routing.json", tmp / "routing.json")
+        model.save(tmp / "model.safetensors")
+        after, images, probes = score_model(model, sources, per_prompt=e.per_prompt, steps=e.steps,
+                                            guidance=e.guidance, seed=cfg.train.seed)
+        grids = save_sample_grids(images, probes, tmp)
+        write_json(tmp / "scores.json", {"scores": after})
+        result = {"run": str(out), "from": str(run), "source": source, "factor": factor, "layers": layers,
+                  "before": effect(before, source), "after": effect(after, source)}
+        write_json(tmp / "attenuation.json", result)
+        write_report(tmp, result, grids)
+        write_manifest(tmp)  # last: the sha256 of every artifact
+        clear_run(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return result
 
 

@@ -116,7 +116,7 @@ class RoutingHook(Hook):
             for r in self.rejected:
                 trainer.events.write("ingestion_rejected", step=0, **r)
 
-    def before_forward(self, ctx):
+    def arrange(self, ctx):
         if self.cfg.mode != "routed":
             return
         # sort the batch by route group so that each band's samples are contiguous (the fast path);
@@ -125,7 +125,10 @@ class RoutingHook(Hook):
         for name in ("indices", "x0", "tokens", "noise", "timesteps", "weights"):
             setattr(ctx, name, getattr(ctx, name)[perm])
         ctx.records = [ctx.records[i] for i in perm.tolist()]
-        self.router.route(table=self.table[ctx.indices])
+
+    def before_forward(self, ctx):
+        if self.cfg.mode == "routed":
+            self.router.route(table=self.table[ctx.indices])
 
     def after_step(self, ctx):
         if self.cfg.mode == "routed":

@@ -67,7 +67,8 @@ def test_per_sample_streams_one_file_per_checkpoint(tiny_cfg, smoke_dataset, tmp
     _fit(tiny_cfg, smoke_dataset, tmp_path / "cohort")
     cohort = ProvenanceIndex.open(tmp_path / "cohort", check_model=False).by_source()
     per_sample = index.by_source().sel(source=cohort["source"].values)
-    np.testing.assert_array_equal(per_sample["steps_seen"].values > 0, cohort["steps_seen"].values > 0)
+    np.testing.assert_array_equal(per_sample["steps_seen"].values, cohort["steps_seen"].values)
+    assert per_sample["steps_seen"].values.max() < index.ds["steps_seen"].groupby("source_id").sum().values.max()
     # a source's share of the update is the sum of its samples' (linear in the gradient); the squared
     # norm is not (per sample: the sum of the samples' squared norms)
     np.testing.assert_allclose(per_sample["update_share"].values, cohort["update_share"].values,
@@ -132,6 +133,13 @@ def test_index_with_misplaced_dimensions_is_one_clear_error(run_copy):
     write_index(ds.assign_attrs(bands_json="{not json"), run_copy / INDEX)
     with pytest.raises(GovlabError, match="lacks a JSON attribute 'bands_json'"):
         ProvenanceIndex.open(run_copy)
+    write_index(ds.assign_attrs(sources_json="[not json"), run_copy / INDEX)
+    with pytest.raises(GovlabError, match="lacks a JSON attribute 'sources_json'"):
+        ProvenanceIndex.open(run_copy)
+    write_index(ds.drop_attrs().assign_attrs({k: v for k, v in ds.attrs.items() if k != "granularity"}),
+                run_copy / INDEX)
+    with pytest.raises(GovlabError, match="attribute 'granularity' is None, but the index is laid out per source"):
+        ProvenanceIndex.open(run_copy)
 
 
 def test_per_sample_parts_of_different_trainings_are_one_clear_error(tiny_cfg, smoke_dataset, tmp_path):
@@ -146,6 +154,9 @@ def test_per_sample_parts_of_different_trainings_are_one_clear_error(tiny_cfg, s
         ProvenanceIndex.open(tmp_path, check_model=False)
     write_index(ds.drop_vars("source_id"), part)
     with pytest.raises(GovlabError, match="step_000004.nc: per-sample provenance index lacks coordinate 'source_id'"):
+        ProvenanceIndex.open(tmp_path, check_model=False)
+    write_index(ds.drop_vars("source_steps_seen"), part)
+    with pytest.raises(GovlabError, match="step_000004.nc: per-sample provenance index lacks variable 'source_steps_seen'"):
         ProvenanceIndex.open(tmp_path, check_model=False)
 
 
@@ -178,3 +189,37 @@ def test_explorer_reads_a_trained_index_as_the_index_reports_it(tiny_run):
     assert table.abs().sum() > 0
     for (source, band), value in table.items():
         assert value == pytest.approx(float(expected.sel(source=source, band=band)), abs=1e-9)
+
+
+@pytest.mark.parametrize("intervention", [{"intervention": "attenuate", "factor": 0.5},
+                                          {"intervention": "regularize", "regularize": "embedding"}])
+def test_interventions_reach_the_flagged_samples_of_a_batch_the_index_sorts(tiny_cfg, smoke_dataset, tmp_path,
+                                                                            intervention):
+    """The writer sorts an unrouted batch by source; the monitor acts on the flagged rows of that order."""
+    from govlab.memorization.monitor import attach as attach_monitor
+
+    cfg = from_dict({"routing": {"mode": "off"}, "memorization": {"mode": "monitor", **intervention}}, base=tiny_cfg)
+    [monitor] = attach_monitor(cfg, smoke_dataset)
+    writer = ProvenanceWriter(cfg.provenance, smoke_dataset.sources)
+    trainer = Trainer(cfg, smoke_dataset, tmp_path, hooks=[monitor, writer], progress=False)
+    writer.on_start(trainer)
+    monitor.on_start(trainer)
+    ctx = trainer.make_context()
+    drawn = ctx.indices.tolist()
+    sorted_rows = sorted(drawn, key=lambda r: writer.group_of_row[r].item())
+    row = next(r for i, r in enumerate(drawn) if sorted_rows[i] != r)  # a row the sort moves
+    monitor.flagged = {row: 0}
+    seen = {}
+
+    def see(module, args, out):
+        seen.setdefault("mask", monitor._noise_mask)  # the step's forward, not the writer's recomputation
+
+    handle = trainer.model.text.register_forward_hook(see)
+    trainer.train_step(ctx)
+    handle.remove()
+    flagged = (ctx.indices == row).tolist()
+    assert ctx.indices.tolist() == sorted_rows
+    if intervention["intervention"] == "attenuate":
+        assert ctx.weights.tolist() == [0.5 if f else 1.0 for f in flagged]
+    else:
+        assert seen["mask"].tolist() == flagged

@@ -63,11 +63,21 @@ def test_cli_verify_exit_code(run):
     assert bad.exit_code == 1 and "changed: config.yaml" in bad.stdout
 
 
-def test_verify_sees_hidden_and_nested_files_but_not_writes_in_progress(run):
+def test_verify_sees_hidden_and_nested_files_and_reports_unfinished_writes(run):
     (run / "checkpoints" / ".payload").write_text("x")
     (run / "checkpoints" / MANIFEST).write_text("{}")
-    (run / ".index.nc.abc123.tmp").write_text("partial")  # an atomic write in progress
     assert verify(run) == ["added: checkpoints/.payload", "added: checkpoints/manifest.json"]
+    write_manifest(run)
+    # the manifest is written last: a temporary file of an atomic write is one interrupted (or going on)
+    (run / ".index.nc.abc123.tmp").write_text("partial")
+    (run / "checkpoints" / ".step_4.safetensors.x1.tmp").write_text("partial")
+    unfinished = ["unfinished write: .index.nc.abc123.tmp", "unfinished write: checkpoints/.step_4.safetensors.x1.tmp"]
+    assert verify(run) == unfinished
+    result = CliRunner().invoke(app, ["verify", str(run)])
+    assert result.exit_code == 1 and "unfinished write: .index.nc.abc123.tmp" in result.stdout
+    write_manifest(run)  # never sealed as an artifact
+    assert ".index.nc.abc123.tmp" not in json.loads((run / MANIFEST).read_text())["files"]
+    assert verify(run) == unfinished
 
 
 @pytest.mark.parametrize("text", ['{"files": null, "checkpoints": [], "root": "x"}',

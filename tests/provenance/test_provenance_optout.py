@@ -126,3 +126,51 @@ def test_resume_takes_an_opt_out_from_its_checkpoint_on_and_refuses_one_in_the_p
     index = ProvenanceIndex.open(run, check_model=False)
     assert index.zero_since("artist_0", 2)["zero_influence"] is True
     assert float(index.ds["grad_norm_sq"].sel(source="artist_0", checkpoint=2).sum()) > 0.0
+
+
+def test_the_registry_is_read_once_and_what_was_parsed_is_kept(tiny_cfg, smoke_dataset, tmp_path, monkeypatch):
+    """An edit racing the run's start cannot make the run keep a registry other than the one applied."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from govlab.provenance.hook import attach as attach_provenance
+
+    registry = tmp_path / "optouts.jsonl"
+    applied = '{"source_id": "artist_1", "since": 3}\n'
+    registry.write_text(applied)
+    read_text = Path.read_text
+
+    def racing(self, *args, **kwargs):
+        text = read_text(self, *args, **kwargs)
+        if self == registry:
+            self.write_text('{"source_id": "artist_2", "since": 1}\n')  # edited right after the read
+        return text
+
+    monkeypatch.setattr(Path, "read_text", racing)
+    cfg = from_dict({"provenance": {"optouts": str(registry)}}, base=tiny_cfg)
+    hook = attach_provenance(cfg, smoke_dataset, smoke_dataset.sources)[1][0]
+    assert [(o.source_id, o.since) for o in hook.optouts] == [("artist_1", 3)]
+    hook.on_start(SimpleNamespace(out=tmp_path, step=1))
+    assert read_text(tmp_path / "optouts.jsonl") == hook.text == applied
+
+
+@pytest.mark.parametrize("mode, source", [("off", "artist_0"), ("routed", "stockco")])
+def test_scope_all_without_a_slot_is_refused_before_anything_is_written(tiny_cfg, tmp_path, mode, source):
+    registry = tmp_path / "optouts.jsonl"
+    registry.write_text(f'{{"source_id": "{source}", "since": 2, "scope": "all"}}\n')
+    cfg = from_dict({"routing": {"mode": mode}, "provenance": {"optouts": str(registry)}}, base=tiny_cfg)
+    with pytest.raises(GovlabError, match=rf"optouts.jsonl: source '{source}' opts out with scope 'all'.*"
+                                          rf"no slot \(routing.mode: {mode}"):
+        train_run(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_scope_all_from_step_0_needs_no_slot(tiny_cfg, smoke_dataset, tmp_path):
+    """A source rejected at ingestion never trained: there is nothing for a slot to hold."""
+    from govlab.provenance.hook import attach as attach_provenance
+
+    registry = tmp_path / "optouts.jsonl"
+    registry.write_text('{"source_id": "stockco", "since": 0, "scope": "all"}\n')
+    cfg = from_dict({"routing": {"mode": "off"}, "provenance": {"optouts": str(registry)}}, base=tiny_cfg)
+    data, hooks = attach_provenance(cfg, smoke_dataset, smoke_dataset.sources)
+    assert "stockco" not in data.sources and hooks[0].optouts[0].scope == "all"

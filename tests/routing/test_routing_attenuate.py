@@ -81,3 +81,29 @@ def test_attenuate_refuses_bad_input(routed_run, tmp_path, tiny_cfg, smoke_datas
     with pytest.raises(GovlabError, match="has no slots"):
         attenuate_run(plain, "artist_1", 0.0, tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_attenuated_run_is_sealed_and_never_half_written(routed_run, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from govlab.cli import app
+    from govlab.eval import scores
+
+    out = tmp_path / "runs" / "zeroed"
+    attenuate_run(routed_run, "artist_2", 0.0, out)
+    ok = CliRunner().invoke(app, ["verify", str(out)])
+    assert ok.exit_code == 0, ok.stdout
+    assert [p.name for p in out.parent.iterdir()] == ["zeroed"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scores, "score_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        attenuate_run(routed_run, "artist_2", 0.0, tmp_path / "runs" / "cut")
+    assert [p.name for p in out.parent.iterdir()] == ["zeroed"]  # no partial run, no temporary directory
+
+    with pytest.raises(KeyboardInterrupt):  # into the finished run: it is kept until a new one is complete
+        attenuate_run(routed_run, "artist_2", 0.5, out)
+    assert CliRunner().invoke(app, ["verify", str(out)]).exit_code == 0  # the previous run, whole
+    assert json.loads((out / "attenuation.json").read_text())["factor"] == 0.0
