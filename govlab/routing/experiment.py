@@ -16,6 +16,7 @@ from pathlib import Path
 
 from govlab.config import RunConfig
 from govlab.data.cache import run_dataset
+from govlab.errors import GovlabError
 from govlab.eval.scores import score_model
 from govlab.io import write_json
 from govlab.models.diffusion import TextToImage
@@ -161,10 +162,11 @@ def seed_summary(pairs: list[tuple[dict, dict]]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m govlab.routing.experiment WORKDIR [--preset P] [--artist A] [--per-prompt N] [--seeds S]``:
-    the localization experiment (three trainings under ``WORKDIR``, two more per extra seed, reused
-    when present); writes
-    ``WORKDIR/localization.json`` and prints the summary as one JSON line."""
+    """``python -m govlab.routing.experiment WORKDIR [--preset P] [--config FILE] [--artist A]
+    [--per-prompt N] [--seeds S]``: the localization experiment (three trainings under ``WORKDIR``,
+    two more per extra seed, reused when present) on the preset, overridden by FILE (e.g. another
+    ``routing.style_band``); writes ``WORKDIR/localization.json`` and prints the summary as one
+    JSON line."""
     import argparse
 
     from govlab.config import load_config
@@ -172,13 +174,18 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m govlab.routing.experiment")
     p.add_argument("workdir")
     p.add_argument("--preset", default="routed")
+    p.add_argument("--config", default=None, help="a YAML config overriding the preset")
     p.add_argument("--artist", default="artist_0")
     p.add_argument("--per-prompt", type=int, default=None, help="generations per probe prompt (default: the preset's)")
     p.add_argument("--seeds", type=int, default=1, help="training seeds of the routed model and the retraining")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
-    result = localization(load_config(args.preset), args.workdir, artist=args.artist, per_prompt=args.per_prompt,
+    try:
+        cfg = load_config(args.preset, args.config)
+    except GovlabError as e:
+        p.error(str(e))
+    result = localization(cfg, args.workdir, artist=args.artist, per_prompt=args.per_prompt,
                           seeds=args.seeds, progress=True)
     write_json(Path(args.workdir) / "localization.json", result)
     print(json.dumps(result["summary"]))

@@ -174,3 +174,23 @@ def test_scope_all_from_step_0_needs_no_slot(tiny_cfg, smoke_dataset, tmp_path):
     cfg = from_dict({"routing": {"mode": "off"}, "provenance": {"optouts": str(registry)}}, base=tiny_cfg)
     data, hooks = attach_provenance(cfg, smoke_dataset, smoke_dataset.sources)
     assert "stockco" not in data.sources and hooks[0].optouts[0].scope == "all"
+
+
+def test_shipped_example_config_and_registry_load(monkeypatch):
+    """data/provenance.example.yaml and its registry attach to the routed preset's world, as the
+    command in data/README.md runs them (from the repository root)."""
+    from pathlib import Path
+
+    from govlab.config import load_config
+    from govlab.data.cache import run_dataset
+    from govlab.provenance.hook import attach as attach_provenance
+    from govlab.routing.hook import attach
+
+    monkeypatch.chdir(Path(__file__).parents[2])
+    cfg = load_config("routed", "data/provenance.example.yaml")
+    dataset = run_dataset(cfg, progress=False)
+    optouts = read_optouts(cfg.provenance.optouts, dataset.sources)
+    assert [(o.source_id, o.since, o.scope) for o in optouts] == [("artist_5", 0, "training"), ("artist_3", 400, "all")]
+    data, _ = attach(cfg, dataset)
+    admitted, hooks = attach_provenance(cfg, data, dataset.sources)
+    assert hooks and {r["source_id"] for r in admitted.records} == set(dataset.sources) - {"artist_5"}

@@ -37,3 +37,10 @@ def test_bad_seed_count_is_one_clear_error(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--seeds must be >= 1, got 0" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_missing_config_is_one_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "govlab.routing.experiment", str(tmp_path / "w"), "--config",
+                           str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "nope.yaml: config file not found" in proc.stderr
+    assert not (tmp_path / "w").exists()
