@@ -27,7 +27,9 @@ def test_resume_is_bit_exact(cfg, smoke_dataset, tmp_path):
     Trainer(cfg, smoke_dataset, tmp_path / "b", progress=False).fit(until=3)
     resumed = Trainer(cfg, smoke_dataset, tmp_path / "b", progress=False).fit(resume=True)
     assert resumed.step == straight.step == 6
-    for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+    ma, mb = straight.model.state_dict(), resumed.model.state_dict()
+    assert list(ma) == list(mb)  # no tensor missing, added or renamed on either side
+    for (k, a), (_, b) in zip(ma.items(), mb.items(), strict=True):
         assert torch.equal(a, b), k
     sa, sb = load_state(tmp_path / "a/checkpoint.safetensors"), load_state(tmp_path / "b/checkpoint.safetensors")
     assert torch.equal(sa["rng"], sb["rng"]) and sa["sampler"] == sb["sampler"]

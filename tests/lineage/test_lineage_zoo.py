@@ -162,8 +162,16 @@ def test_cli_zoo_build_reuses_finished_models(quick_zoo, tmp_path):
     assert (out / "zoo.json").is_file()
 
 
-def test_bench_lineage_quick_json(quick_zoo, zoo_features):
+def test_bench_lineage_quick_json(quick_zoo, zoo_prompts, verdicts, knn_verdicts):
     proc = govlab("bench", "lineage", "--quick", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["models"] == 8 and out["k"] == 100 and 0 <= out["accuracy"] <= 1
+    assert out["models"] == 8 and out["k"] == 100
+    assert out["targets"] == len(quick_zoo.targets) and out["prompts"] == len(zoo_prompts)
+    # the bench's accuracy and misses are those of the verdicts against each target's known truth
+    targets = [m.name for m in quick_zoo.targets]
+    for suffix, method, by in (("", "gaussian", verdicts), ("_knn", "knn", knn_verdicts)):
+        right = {t: by[t].result.base == m.expected for t, m in zip(targets, quick_zoo.targets)}
+        assert out[f"wrong{suffix}"] == [t for t in targets if not right[t]], suffix
+        assert out[f"accuracy{suffix}"] == round(sum(right.values()) / len(targets), 4), suffix
+        assert sorted(out[f"wrong{suffix}"]) == sorted(KNOWN_MISSES[method])  # the documented misses

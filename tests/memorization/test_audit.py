@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from govlab.config import from_dict, read_yaml
 from govlab.eval.classifiers import load_evaluator
 from govlab.memorization.audit import audit
 
@@ -15,6 +17,21 @@ GOVLAB = [str(Path(sys.executable).parent / "govlab")]
 
 def govlab(*args):
     return subprocess.run(GOVLAB + list(args), capture_output=True, text=True, timeout=600)
+
+
+def pairwise_auc(scores, positive) -> float:
+    """ROC AUC by its definition: P(score of a positive > score of a negative), ties count 1/2."""
+    pos = [float(s) for s, p in zip(scores, positive) if p]
+    neg = [float(s) for s, p in zip(scores, positive) if not p]
+    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+
+
+def own_next_ratio(gens, own_images, other_images) -> float:
+    """Best over ``gens`` of (l2 to the nearest own image) / (l2 to the nearest other image)."""
+    flat = gens.flatten(1)
+    d_own = torch.cdist(flat, own_images.flatten(1)).min(1).values
+    d_next = torch.cdist(flat, other_images.flatten(1)).min(1).values
+    return float((d_own / d_next).min())
 
 
 class Copier:
@@ -48,9 +65,36 @@ def test_audit_cli_writes_json_and_grid(smoke_run):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["captions"] == 5 and result["generations"] == 10
-    assert 0 <= result["extraction_rate"] <= 1 and "extraction_rate_feature" in result
     saved = json.loads((smoke_run / "memorization" / "audit.json").read_text())
     assert saved["extraction_rate"] == result["extraction_rate"] and len(saved["items"]) == 5
+    # recompute from the run's files: the run's model regenerates the 5 sampled captions (seed 0, one
+    # batch, 2 each) and each caption's generations are compared with its own and the other images
+    from govlab.data.cache import run_dataset
+    from govlab.models.diffusion import TextToImage
+
+    cfg = from_dict(read_yaml(smoke_run / "config.yaml"))
+    data = run_dataset(cfg, progress=False)
+    items = saved["items"]
+    assert all(data.records[it["row"]]["caption"] == it["caption"] for it in items)
+    assert len({it["caption"] for it in items}) == 5
+    model = TextToImage.load(smoke_run / "model.safetensors")
+    gens = model.generate([it["caption"] for it in items for _ in range(2)], seed=0, steps=4,
+                          guidance=cfg.eval.guidance)
+    evaluator = load_evaluator(cfg.model.image_size, progress=False)[0]
+    spaces = {"pixel": lambda x: x.double(), "feature": lambda x: evaluator.features(x).double()}
+    for space, feats in spaces.items():
+        with torch.no_grad():
+            train, made = feats(data.images), feats(gens)
+        flags = []
+        for k, it in enumerate(items):
+            own_images = {data.images[i].numpy().tobytes() for i, r in enumerate(data.records)
+                          if r["caption"] == it["caption"]}
+            own = torch.tensor([data.images[i].numpy().tobytes() in own_images for i in range(len(data))])
+            ratio = own_next_ratio(made[2 * k:2 * k + 2], train[own], train[~own])
+            assert it[f"{space}_ratio"] == pytest.approx(ratio, abs=1e-3), (space, it)
+            flags.append(ratio < 1 / 3)
+        suffix = "" if space == "pixel" else "_feature"
+        assert result[f"extraction_rate{suffix}"] == round(sum(flags) / len(flags), 4), space
     assert (smoke_run / "memorization" / "audit_grid.png").stat().st_size > 0
 
 
@@ -100,8 +144,37 @@ def test_noise_magnitude_check_reports_every_step_and_the_planted_share(smoke_ru
                                   reproduced=[not f for f in flags])
     assert other["auc_noise_magnitude_reproduced"] == pytest.approx(1 - out["auc_noise_magnitude"], abs=2e-4)
     assert len(out["auc_noise_magnitude_by_step"]) == 3
-    assert all(0 <= a <= 1 for a in [out["auc_noise_magnitude"], *out["auc_noise_magnitude_by_step"]])
+    # recomputed: the detector's scores (pure noise; each caption's own guided trajectory, mean of the
+    # 2 seeds) against the planted labels, AUC by its definition
+    from govlab.memorization.detectors import noise_magnitude
+
+    first = noise_magnitude(model, model.tokenizer(captions), noises=2, timesteps=(800,), seed=0)
+    assert out["auc_noise_magnitude"] == pytest.approx(pairwise_auc(first.tolist(), flags), abs=1e-4)
+    gaps = (model.guidance_gaps(captions, seed=0, steps=3) + model.guidance_gaps(captions, seed=1, steps=3)) / 2
+    want = [pairwise_auc(gaps[:, j].tolist(), flags) for j in range(3)]
+    assert out["auc_noise_magnitude_by_step"] == pytest.approx(want, abs=1e-4)
     uniq, image_of = unique_images(smoke_dataset.images)
     planted = {int(image_of[i]) for i, r in enumerate(smoke_dataset.records) if r["duplicate_group"] >= 0}
     assert out["planted_share_images"] == round(len(planted) / len(uniq), 4)
     assert out["unconditional_nearest_planted"] in [k / 16 for k in range(17)]
+
+
+def test_audit_reseals_a_sealed_run_and_refuses_a_changed_one(smoke_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from govlab.cli import app
+    from govlab.errors import GovlabError
+    from govlab.memorization.audit import audit_run
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    audit_run(run, sample=2, n=1, steps=2, progress=False)
+    assert (run / "memorization" / "audit.json").is_file()
+    assert CliRunner().invoke(app, ["verify", str(run)]).exit_code == 0
+    audit_run(run, sample=2, n=1, steps=2, progress=False)  # auditing again is fine
+    assert CliRunner().invoke(app, ["verify", str(run)]).exit_code == 0
+    (run / "report.md").write_text("edited")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(GovlabError, match="changed: report.md.*not auditing it"):
+        audit_run(run, sample=2, n=1, steps=2, progress=False)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from govlab.cli import app
@@ -36,13 +37,44 @@ def test_query(run):
 
 
 def test_attribute_structural(run):
-    r = last_json(CliRunner().invoke(app, ["attribute", str(run), "--prompt", "a red circle", "-n", "2",
-                                           "--steps", "4", "--json"]))
+    from govlab.attribution.probe import model_output, prompt_probe
+    from govlab.models.diffusion import TextToImage
+
+    def attribute(prompt):
+        return last_json(CliRunner().invoke(app, ["attribute", str(run), "--prompt", prompt, "-n", "2",
+                                                  "--steps", "4", "--json"]))
+
+    def ablated(prompt, source):
+        """Independent ground truth: output on the same probe minus output with the source's slot
+        weights (every layer, by parameter name) set to 0."""
+        model = TextToImage.load(run / "model.safetensors")
+        probe = prompt_probe(model, prompt, n_images=2, seed=0, steps=4)
+        base = model_output(model, probe)
+        slot = [p for n, p in model.named_parameters() if n.startswith("slots.") and n.endswith(f".{source}")]
+        assert slot, source
+        with torch.no_grad():
+            for p in slot:
+                p.zero_()
+        return base - model_output(model, probe)
+
+    # a caption as the world writes them ('..., by artist 2'): only the named artist's slot is switched
+    # on, so only it scores, by exactly what removing its weights changes
+    prompt = "a red circle center, by artist 2"
+    r = attribute(prompt)
     assert r["method"] == "structural" and r["time_s"] > 0
     scores = [s["score"] for s in r["sources"]]
     assert scores == sorted(scores, reverse=True)
     by = {s["source"]: s["score"] for s in r["sources"]}
-    assert by["artist_0"] == 0.0  # its slot was attenuated to 0 at its opt-out: ablating it changes nothing
+    score = by.pop("artist_2")  # rounded to 8 decimals
+    assert score != 0.0 and score == pytest.approx(ablated(prompt, "artist_2"), abs=1e-8), r["sources"]
+    assert set(by) == {"artist_0", "artist_3", "artist_4", "artist_5"} and set(by.values()) == {0.0}
+    # artist 0 named: its slot is switched on but was attenuated to 0 at its opt-out (its up weights
+    # are 0 in the saved model), so ablating it changes nothing
+    up = [p for n, p in TextToImage.load(run / "model.safetensors").named_parameters()
+          if n.startswith("slots.") and n.endswith(".up.artist_0")]
+    assert up and all(float(p.abs().max()) == 0.0 for p in up)
+    by = {s["source"]: s["score"] for s in attribute("a red circle center, by artist 0")["sources"]}
+    assert by["artist_0"] == 0.0
     bad = CliRunner().invoke(app, ["attribute", str(run), "--prompt", "x", "--method", "psychic"])
     assert bad.exit_code != 0 and "unknown attribution method 'psychic'" in str(bad.exception)
 

@@ -52,7 +52,8 @@ def test_writer_matches_per_source_reference(tiny_cfg, smoke_dataset, tmp_path, 
     mode = routing["mode"]
     dataset, hooks = attach(cfg, smoke_dataset)
     writer = ProvenanceWriter(ProvenanceConfig(enabled=True), smoke_dataset.sources)
-    trainer = Trainer(cfg, dataset, tmp_path, hooks=[*hooks, writer], progress=False)
+    keep = _KeepGrads()  # after the writer: the full gradient the optimizer applies
+    trainer = Trainer(cfg, dataset, tmp_path, hooks=[*hooks, writer, keep], progress=False)
     writer.on_start(trainer)
     assert (writer.layer_shares is None) == (path == "backward-per-source")
     trained_slots(trainer.model)
@@ -97,6 +98,11 @@ def test_writer_matches_per_source_reference(tiny_cfg, smoke_dataset, tmp_path, 
     assert worst_update <= 1e-5, worst_update
     # every source in the batch was seen once; the shares of a band sum to <g, delta>
     assert int(ds["steps_seen"].sum()) == len(ref)
+    for band in ds["band"].values:
+        names = [n for n in keep.grads if band_of[n] == band]
+        full = sum(float((keep.grads[n].double() * delta[n].double()).sum()) for n in names)
+        shares = float(ds["update_share"].sel(band=band, checkpoint=1).sum())  # over every source
+        assert shares == pytest.approx(full, rel=1e-5, abs=1e-12), band
 
 
 class _KeepGrads(Hook):

@@ -65,7 +65,9 @@ def test_routed_resume_is_bit_exact_and_slots_reload(tiny_cfg, smoke_dataset, tm
     straight = trainer(tiny_cfg, smoke_dataset, tmp_path / "a").fit()
     trainer(tiny_cfg, smoke_dataset, tmp_path / "b").fit(until=2)
     resumed = trainer(tiny_cfg, smoke_dataset, tmp_path / "b").fit(resume=True)
-    for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+    ma, mb = straight.model.state_dict(), resumed.model.state_dict()
+    assert list(ma) == list(mb)  # no tensor missing, added or renamed on either side
+    for (k, a), (_, b) in zip(ma.items(), mb.items(), strict=True):
         assert torch.equal(a, b), k
     assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
     assert load_state(tmp_path / "a/checkpoint.safetensors")["hooks"] == \
