@@ -220,7 +220,7 @@ def lineage(target: Path = typer.Option(..., help="Run directory or .safetensors
             seed: int = typer.Option(0, help="Sampling seed."),
             as_json: bool = JSON):
     """Was TARGET fine-tuned from a base model of POOL, or trained from scratch (NULL)?"""
-    from govlab.data.dataset import read_text
+    from govlab.io import read_text
     from govlab.lineage.api import correlated_pairs, lineage_from_features, probe
     from govlab.lineage.distance import METHODS
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from govlab.data.dataset import read_text
 from govlab.data.world import WorldConfig
 from govlab.errors import GovlabError
-from govlab.io import sha256_json
+from govlab.io import read_text, sha256_json
 from govlab.memorization.config import MemorizationConfig
 from govlab.models.unet import ModelConfig
 from govlab.presets import names as presets
@@ -28,20 +27,6 @@ def _at_least(obj, **minima: int) -> None:
     for name, low in minima.items():
         if getattr(obj, name) < low:
             raise ValueError(f"{name} must be >= {low}, got {getattr(obj, name)}")
-
-
-def _check_model(m: ModelConfig) -> None:
-    """What ``build_unet`` and diffusers would otherwise refuse only once training starts."""
-    _at_least(m, image_size=1, layers_per_block=1, text_dim=1, text_layers=1, text_heads=1,
-              max_length=1, head_dim=1, norm_groups=1)
-    if not m.channels or len(m.channels) != len(m.attention):
-        raise ValueError(f"channels and attention must have one entry per resolution level, got "
-                         f"{len(m.channels)} and {len(m.attention)}")
-    if any(c < 1 or c % m.norm_groups for c in m.channels):
-        raise ValueError(f"channels must be positive multiples of norm_groups ({m.norm_groups}), "
-                         f"got {list(m.channels)}")
-    if m.text_dim % m.text_heads:
-        raise ValueError(f"text_dim ({m.text_dim}) must be a multiple of text_heads ({m.text_heads})")
 
 
 @dataclass(frozen=True)
@@ -159,10 +144,7 @@ def _build(cls, values: dict, where: str, section: str):
             raise GovlabError(f"{where}: {section}: unknown key {key!r} (known: {', '.join(names)})")
     kwargs = {k: _conform(v, hints[k], f"{where}: {section}.{k}") for k, v in values.items()}
     try:
-        built = cls(**kwargs)
-        if cls is ModelConfig:  # defined in govlab.models.unet, without checks of its own
-            _check_model(built)
-        return built
+        return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise GovlabError(f"{where}: {section}: {e}") from None
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from govlab.errors import GovlabError
+from govlab.io import read_text, write_text
+
 
 @dataclass
 class StepContext:
@@ -27,6 +30,12 @@ class StepContext:
     per_sample_loss: torch.Tensor | None = None
     loss: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
+
+    def permute(self, perm: torch.Tensor) -> None:
+        """Reorder the batch (every per-sample field together); for ``Hook.arrange``."""
+        for name in ("indices", "x0", "tokens", "noise", "timesteps", "weights"):
+            setattr(self, name, getattr(self, name)[perm])
+        self.records = [self.records[i] for i in perm.tolist()]
 
 
 class Hook:
@@ -67,26 +76,28 @@ class EventLog:
         with open(self.path, "a") as f:
             f.write(json.dumps({"event": kind, **fields}, default=str) + "\n")
 
-    def read(self) -> list[dict]:
-        from govlab.data.dataset import read_text
-        from govlab.errors import GovlabError
-
+    def read(self, *, torn_tail_ok: bool = False) -> list[dict]:
+        """The events; a damaged line is an error naming it, except, with ``torn_tail_ok``, a last
+        line without its newline (an append a crash cut off), which is left out."""
         if not self.path.is_file():
             return []
+        text = read_text(self.path)
+        lines = text.splitlines()
         events = []
-        for lineno, line in enumerate(read_text(self.path).splitlines(), start=1):
+        for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 events.append(json.loads(line))
             except json.JSONDecodeError as e:
+                if torn_tail_ok and lineno == len(lines) and not text.endswith("\n"):
+                    break
                 raise GovlabError(f"{self.path} line {lineno}: not valid JSON ({e.msg}); the file is "
                                   "damaged (a crash while writing?)") from None
         return events
 
     def truncate_after(self, step: int) -> None:
-        """Drop events logged after ``step`` (used on resume, so a replayed step logs once)."""
-        from govlab.io import write_text
-
-        kept = [e for e in self.read() if e.get("step", -1) <= step]
+        """Drop events logged after ``step`` (used on resume, so a replayed step logs once). An
+        append cut off by a crash is dropped too: it came after the last checkpoint."""
+        kept = [e for e in self.read(torn_tail_ok=True) if e.get("step", -1) <= step]
         write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))

@@ -1,4 +1,4 @@
-"""Atomic file writes and hashing: nothing is ever left half-written."""
+"""Atomic file writes (nothing is ever left half-written), UTF-8 reads and hashing."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from govlab.errors import GovlabError
 
 
 _UMASK = os.umask(0)
@@ -29,6 +31,14 @@ def atomic_path(path: str | Path):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file; other bytes are refused naming the file."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise GovlabError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def write_text(path: str | Path, text: str) -> None:

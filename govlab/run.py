@@ -1,4 +1,4 @@
-"""A whole run: data, governed training, evaluation, report, in the run directory of DESIGN.md."""
+"""A whole run: data, governed training, evaluation, report, in the run directory the README describes."""
 
 from __future__ import annotations
 

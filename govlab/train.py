@@ -224,11 +224,16 @@ class Trainer:
         return self
 
 
-def clear_run(out: Path) -> None:
-    """Remove a previous run's artifacts before a fresh (non-resumed) run writes there."""
+def check_replaceable(out: Path) -> None:
+    """Refuse an ``out`` that a new run may not replace: a file, or a folder that is not a run."""
     if out.exists() and not out.is_dir():
         raise GovlabError(f"{out}: exists and is not a directory; refusing to overwrite")
     if out.exists() and not (out / "config.yaml").is_file() and any(out.iterdir()):
         raise GovlabError(f"{out}: exists and is not a govlab run directory; refusing to overwrite")
+
+
+def clear_run(out: Path) -> None:
+    """Remove a previous run's artifacts before a fresh (non-resumed) run writes there."""
+    check_replaceable(out)
     if out.exists():
         shutil.rmtree(out)

@@ -129,3 +129,14 @@ def test_files_that_are_not_utf8_are_named(tmp_path):
             read()
     e = invoke("lineage", "--target", tmp_path, "--pool", tmp_path, "--prompt-file", tmp_path / "prompts.txt")
     assert isinstance(e, GovlabError) and "prompts.txt: not UTF-8 text" in str(e)
+
+
+def test_resume_drops_an_append_a_crash_cut_off_but_names_other_damage(tmp_path):
+    log = EventLog(tmp_path / "events.jsonl")
+    log.path.write_text('{"event": "flag", "step": 1}\n{"event": "flag", "step": 5}\n{"event": "fl')
+    log.truncate_after(3)
+    assert log.read() == [{"event": "flag", "step": 1}]
+    log.path.write_text('{"event": "flag", "step": 1}\nnot json\n{"event": "flag", "step": 2}\n')
+    with pytest.raises(GovlabError, match=r"events\.jsonl line 2: not valid JSON"):
+        log.truncate_after(3)
+    assert "not json" in log.path.read_text()  # nothing rewritten

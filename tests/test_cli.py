@@ -28,6 +28,7 @@ def test_train_smoke_end_to_end(smoke_run):
     assert result["run"] == str(out) and result["steps"] == 30
     scores = json.loads((out / "scores.json").read_text())["scores"]
     assert result["style_acc"] == scores["style_acc"] and result["shape_acc"] == scores["shape_acc"]
+    assert 0 <= result["style_acc"] <= 1 and 0 <= result["shape_acc"] <= 1
     assert "style_acc" in (out / "report.md").read_text()
 
 
@@ -99,6 +100,10 @@ def test_bench_routing_quick_json():
 
 def test_bench_index_quick_json():
     r = _bench_json("index")
-    assert set(r) >= {"overhead_ratio", "overhead_ratio_routed", "bytes_1k", "bytes_100k", "query_ms"}
+    assert set(r) >= {"overhead_ratio", "overhead_ratio_routed", "overhead_ratio_routed_unet_slots", "bytes_1k",
+                      "bytes_100k", "query_ms", "parameters", "profile_plain_ms", "profile_indexed_ms",
+                      "profile_extra_kernel_ms", "profile_extra_hook_ms", "kernels_only_ratio"}
+    p = r["profile_plain_ms"]
+    assert r["kernels_only_ratio"] == pytest.approx((p + r["profile_extra_kernel_ms"]) / p, abs=1e-3)
     assert r["bytes_1k"] == r["bytes_100k"] > 0  # cohort granularity: independent of the records
     assert r["overhead_ratio"] > 0 and r["query_ms"] > 0 and r["sources"] == 8

@@ -13,6 +13,7 @@ from PIL import Image
 
 from govlab.data.world import CATEGORIES
 from govlab.errors import GovlabError
+from govlab.io import read_text
 
 REQUIRED = {"file_name": str, "caption": str, "source_id": str, "categories": list,
             "license": str, "opt_out": bool}
@@ -61,14 +62,6 @@ def validate_record(rec: object, where: str) -> dict:
     if Path(name).is_absolute() or ".." in Path(name).parts or name.startswith(("/", "\\")):
         raise GovlabError(f"{where}: file_name {name!r} escapes the dataset folder")
     return rec
-
-
-def read_text(path: Path) -> str:
-    """A UTF-8 text file; other bytes are refused naming the file."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise GovlabError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def read_metadata(root: Path) -> list[dict]:

@@ -22,7 +22,7 @@ LAZY_BYTES = 64 << 20  # indexes larger than this stay on disk and are read one 
 
 
 def open_index(path: str | Path) -> xr.Dataset:
-    """Open and check a provenance index (DESIGN.md schema); GovlabError names what is wrong."""
+    """Open and check a provenance index (the index schema of the README); GovlabError names what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise GovlabError(f"{path}: no provenance index (index.nc) in this run")

@@ -1,4 +1,4 @@
-"""Synthetic provenance indexes in the DESIGN.md schema: a test and benchmark FIXTURE.
+"""Synthetic provenance indexes in the index schema (README, Provenance index): a test and benchmark FIXTURE.
 
 These are not training output. They let the explorer's tests and ``govlab bench explore`` run
 without training, at any size (10^7 per-sample cells). ``routed=True`` concentrates each artist's
@@ -66,7 +66,7 @@ def synthetic_index(*, sources=SOURCES, samples: int = 0, checkpoints=(100, 200,
         mem[: max(1, mem_samples // 20)] *= np.linspace(1, 6, n_c, dtype=dtype)  # a few duplicates rise
         data["mem_score"] = (("sample", "checkpoint"), mem)
         coords.setdefault("sample", np.arange(mem_samples))
-    attrs = {"govlab_version": __version__, "granularity": "sample" if samples else "source",
+    attrs = {"govlab_version": __version__, "granularity": "sample" if samples else "cohort",
              "bands": json.dumps({b: [b] for b in bands}), "routing": json.dumps({"mode": "routed" if routed
                                                                                  else "unrouted"}),
              "model_hash": "synthetic", "config_hash": "synthetic",

@@ -22,11 +22,24 @@ class ModelConfig:
     head_dim: int = 16
     norm_groups: int = 8
 
+    def __post_init__(self):
+        """What ``build_unet`` and diffusers would otherwise refuse only once training starts."""
+        for name in ("image_size", "layers_per_block", "text_dim", "text_layers", "text_heads", "max_length",
+                     "head_dim", "norm_groups"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.channels or len(self.channels) != len(self.attention):
+            raise ValueError(f"channels and attention must have one entry per resolution level, got "
+                             f"{len(self.channels)} and {len(self.attention)}")
+        if any(c < 1 or c % self.norm_groups for c in self.channels):
+            raise ValueError(f"channels must be positive multiples of norm_groups ({self.norm_groups}), "
+                             f"got {list(self.channels)}")
+        if self.text_dim % self.text_heads:
+            raise ValueError(f"text_dim ({self.text_dim}) must be a multiple of text_heads ({self.text_heads})")
+
 
 def build_unet(cfg: ModelConfig) -> UNet2DConditionModel:
     """A text-conditional ``UNet2DConditionModel`` sized for the synthetic world."""
-    if len(cfg.channels) != len(cfg.attention):
-        raise ValueError("channels and attention must have one entry per resolution level")
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))
     return UNet2DConditionModel(

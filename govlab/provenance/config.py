@@ -15,7 +15,7 @@ class ProvenanceConfig:
     but for the monitor's ``mem_score(sample, checkpoint)``); ``sample`` one row per dataset record,
     streamed to ``index.parts/`` one file per checkpoint. ``optouts``: path of an ``optouts.jsonl``
     registry (source_id, since, scope), or None. Off by default: exact shares cost time (a step
-    takes 1.3-1.45x, routing on or off: ``govlab bench index [--quick] --json``, README).
+    takes 1.3-1.6x, routing on or off: ``govlab bench index [--quick] --json``, README).
     """
 
     enabled: bool = False

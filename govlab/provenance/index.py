@@ -135,7 +135,7 @@ class ProvenanceIndex:
         of the source's share (that needs a cohort index; zero exactly when every sample's is)."""
         ds = self.ds[list(REQUIRED_VARS)]
         if self.dim == "sample":
-            summed = ds[["grad_norm_sq", "update_share"]].drop_vars("source", errors="ignore")
+            summed = ds[["grad_norm_sq", "update_share"]]
             ds = summed.groupby(self.ds["source_id"].rename("source")).sum().reindex(source=self.sources,
                                                                                     fill_value=0)
             ds["steps_seen"] = self.ds["source_steps_seen"].reindex(source=self.sources, fill_value=0)

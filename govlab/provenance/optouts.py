@@ -19,7 +19,7 @@ from pathlib import Path
 from govlab.data.dataset import Dataset
 from govlab.errors import GovlabError
 from govlab.hooks import Hook
-from govlab.io import write_text
+from govlab.io import read_text, write_text
 
 OPTOUTS = "optouts.jsonl"
 SCOPES = ("training", "all")
@@ -38,10 +38,7 @@ def read_registry(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise GovlabError(f"{path}: opt-out registry not found")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise GovlabError(f"{path}: not UTF-8 text ({e})") from None
+    return read_text(path)
 
 
 def read_optouts(path: str | Path, sources: list[str]) -> list[OptOut]:

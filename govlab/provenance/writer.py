@@ -34,6 +34,7 @@ from govlab.routing.bands import assign, make_bands
 INDEX = "index.nc"
 PARTS = "index.parts"  # per-sample granularity: one file per checkpoint
 FORMAT = "govlab-provenance-1"
+FIGURES = ("grad_norm_sq", "update_share", "steps_seen", "samples_seen")  # accumulated per row
 
 
 def model_hash(model: torch.nn.Module) -> str:
@@ -92,8 +93,7 @@ class ProvenanceWriter(Hook):
 
     def __init__(self, cfg: ProvenanceConfig, sources: list[str]):
         self.cfg, self.sources = cfg, sorted(sources)
-        self.history: dict[str, list] = {"checkpoint": [], "grad_norm_sq": [], "update_share": [],
-                                         "steps_seen": [], "samples_seen": [], "mem_score": []}
+        self.history: dict[str, list] = {k: [] for k in ("checkpoint", *FIGURES, "mem_score")}
         self._pending: dict | None = None
 
     # -- set-up --------------------------------------------------------------------------------
@@ -167,10 +167,7 @@ class ProvenanceWriter(Hook):
 
     def arrange(self, ctx) -> None:
         if self._sorts():
-            perm = torch.argsort(self.group_of_row[ctx.indices], stable=True)
-            for name in ("indices", "x0", "tokens", "noise", "timesteps", "weights"):
-                setattr(ctx, name, getattr(ctx, name)[perm])
-            ctx.records = [ctx.records[i] for i in perm.tolist()]
+            ctx.permute(torch.argsort(self.group_of_row[ctx.indices], stable=True))
 
     def before_forward(self, ctx) -> None:
         gid = self.group_of_row[ctx.indices]
@@ -270,14 +267,17 @@ class ProvenanceWriter(Hook):
     def state_dict(self) -> dict:
         h = self.history
         return {"acc": dict(self.acc), "checkpoint": list(h["checkpoint"]),
-                **{k: list(h[k]) for k in ("grad_norm_sq", "update_share", "steps_seen", "samples_seen")},
+                **{k: list(h[k]) for k in FIGURES},
                 "mem_score": [m if m is not None else torch.zeros(0) for m in h["mem_score"]]}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = {"checkpoint": list(state["checkpoint"]),
-                        **{k: list(state[k]) for k in ("grad_norm_sq", "update_share", "steps_seen",
-                                                       "samples_seen")},
+                        **{k: list(state[k]) for k in FIGURES},
                         "mem_score": [m if m.numel() else None for m in state["mem_score"]]}
+        fields = FIGURES + (("source_steps_seen",) if self.cfg.granularity == "sample" else ())
+        missing = [k for k in fields if k not in state["acc"]]
+        if missing:  # the trainer names the checkpoint and the missing field
+            raise KeyError(f"acc[{missing[0]!r}]")
         self._pending = dict(state["acc"])
 
 

@@ -35,7 +35,7 @@ def attenuate_run(run: str | Path, source: str, factor: float, out: str | Path, 
     from govlab.provenance.manifest import write_manifest
     from govlab.report import save_sample_grids
     from govlab.routing.slots import scale_slot, slot_names
-    from govlab.train import clear_run
+    from govlab.train import check_replaceable, clear_run
 
     run, out = Path(run), Path(out)
     if not (run / "config.yaml").is_file():
@@ -44,6 +44,7 @@ def attenuate_run(run: str | Path, source: str, factor: float, out: str | Path, 
         raise GovlabError(f"--factor must be a finite number >= 0, got {factor}")
     if out.resolve() == run.resolve():
         raise GovlabError("--out must be a new run directory, not the run being attenuated")
+    check_replaceable(out)  # before the minutes of scoring
     cfg = from_dict(read_yaml(run / "config.yaml"), where=str(run / "config.yaml"))
     model = TextToImage.load(run / "model.safetensors")
     slots = slot_names(model)

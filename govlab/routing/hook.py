@@ -121,10 +121,7 @@ class RoutingHook(Hook):
             return
         # sort the batch by route group so that each band's samples are contiguous (the fast path);
         # the per-sample loss is order-free, so this changes nothing but the order of the sum
-        perm = torch.argsort(self.rank[ctx.indices], stable=True)
-        for name in ("indices", "x0", "tokens", "noise", "timesteps", "weights"):
-            setattr(ctx, name, getattr(ctx, name)[perm])
-        ctx.records = [ctx.records[i] for i in perm.tolist()]
+        ctx.permute(torch.argsort(self.rank[ctx.indices], stable=True))
 
     def before_forward(self, ctx):
         if self.cfg.mode == "routed":

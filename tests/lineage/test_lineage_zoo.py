@@ -52,33 +52,44 @@ def knn_verdicts(quick_zoo, zoo_features):
 
 
 TARGETS = ["a_full_new", "b_lora", "c_twice", "d_low_lr", "e_same", "outsider", "outsider_ft"]
-# Measured on the quick zoo (600-step bases, k=100, world encoder, the 5 selected prompts). Every
-# fine-tune is nearest its true base except c_twice, by 1.7-2.6x; these misses come out NULL because
-# T = mu - 1.64 sigma of the pool's own distances (0.47-0.53) sits below what a 60-step fine-tune
-# keeps from its base in most prompts. Strict: a fix must turn these into passes.
-KNOWN_MISSES = {
-    "gaussian": {
-        "b_lora": "NULL 3 of 5 prompts: nearest base_b (0.44, next 0.74), NULL threshold 0.47",
-        "c_twice": "NULL: two rounds on new data end as far from base_c (0.99) as from base_a/b (1.01/0.97)",
-        "e_same": "NULL 3 of 5 prompts: nearest base_e (0.63, next 1.21), NULL threshold 0.47",
-    },
-    "knn": {
-        "c_twice": "NULL: nearest base_c (0.13, next 0.15) but above the NULL threshold (0.05)",
-    },
-}
+# Measured on the quick zoo (600-step bases, k=100, world encoder, the 5 selected prompts) on two
+# CPU machines. The zoo's trainings carry a CPU's rounding into different models, so which fine-tunes
+# fall on the NULL side of T = mu - 1.64 sigma (the pool's own distances) differs by machine:
+# Gaussian 4/7 on both (wrong b_lora, c_twice, e_same; or c_twice, d_low_lr, e_same), kNN 6/7 and
+# 5/7 (wrong c_twice; or c_twice, e_same), most of those misses by one prompt's vote. What held on
+# both is tested strictly: no target is attributed to a base it was not tuned from (the outsiders
+# are NULL); every fine-tune but c_twice is nearest its true base (mean distance over the prompts,
+# 1.4-2.6x nearer than the next); c_twice is NULL (strict xfail: a fix must turn it into a pass);
+# accuracy stays above FLOORS, one target below the lower of the two machines' figures.
+ALWAYS_MISSED = {"c_twice": "NULL with either distance: two rounds on new data end as far from base_c as "
+                            "from base_a (Gaussian 1.04 and 1.03, kNN 0.16 and 0.15 on one machine)"}
+FLOORS = {"gaussian": 3 / 7, "knn": 4 / 7}
+
+
+def _votes(v):
+    return v.result.base, [x.vote for x in v.result.votes]
 
 
 @pytest.mark.parametrize("method", ["gaussian", "knn"])
 @pytest.mark.parametrize("target", TARGETS)
 def test_quick_zoo_decision(verdicts, knn_verdicts, method, target, request):
     v = (verdicts if method == "gaussian" else knn_verdicts)[target]
-    if target in KNOWN_MISSES[method]:  # the documented way it misses, checked before the xfail
-        assert v.result.decision == "NULL", (v.result.base, [x.vote for x in v.result.votes])
-        if not (method == "gaussian" and target == "c_twice"):  # nearest its true base all the same
-            mean = {b: np.mean([x.distances[b] for x in v.result.votes]) for b in v.result.votes[0].distances}
-            assert min(mean, key=mean.get) == v.expected, mean
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN_MISSES[method][target]))
-    assert v.result.base == v.expected, (v.result.base, [x.vote for x in v.result.votes])
+    assert v.result.base in (None, v.expected), _votes(v)  # NULL or the true base, never another
+    if v.expected is None:
+        return
+    if target in ALWAYS_MISSED:  # the documented way it misses, checked before the xfail
+        assert v.result.decision == "NULL", _votes(v)
+        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=ALWAYS_MISSED[target]))
+        assert v.result.base == v.expected, _votes(v)
+    mean = {b: np.mean([x.distances[b] for x in v.result.votes]) for b in v.result.votes[0].distances}
+    assert min(mean, key=mean.get) == v.expected, mean
+
+
+@pytest.mark.parametrize("method", ["gaussian", "knn"])
+def test_quick_zoo_accuracy_stays_above_its_floor(verdicts, knn_verdicts, method):
+    by = verdicts if method == "gaussian" else knn_verdicts
+    right = [by[t].result.base == by[t].expected for t in TARGETS]
+    assert sum(right) / len(right) >= FLOORS[method] - 1e-9, {t: _votes(by[t]) for t in TARGETS}
 
 
 def test_lineage_api_matches_precomputed_features(quick_zoo, zoo_prompts, verdicts):
@@ -174,4 +185,4 @@ def test_bench_lineage_quick_json(quick_zoo, zoo_prompts, verdicts, knn_verdicts
         right = {t: by[t].result.base == m.expected for t, m in zip(targets, quick_zoo.targets)}
         assert out[f"wrong{suffix}"] == [t for t in targets if not right[t]], suffix
         assert out[f"accuracy{suffix}"] == round(sum(right.values()) / len(targets), 4), suffix
-        assert sorted(out[f"wrong{suffix}"]) == sorted(KNOWN_MISSES[method])  # the documented misses
+        assert out[f"accuracy{suffix}"] >= round(FLOORS[method], 4) and "c_twice" in out[f"wrong{suffix}"]

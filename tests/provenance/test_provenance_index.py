@@ -76,6 +76,23 @@ def test_per_sample_streams_one_file_per_checkpoint(tiny_cfg, smoke_dataset, tmp
     assert (per_sample["update_share"] != 0).any()
 
 
+def test_resume_from_a_per_sample_state_without_source_steps_is_one_clear_error(tiny_cfg, smoke_dataset,
+                                                                                tmp_path):
+    from govlab.checkpoint import load_state, save_state
+    from govlab.train import CHECKPOINT
+
+    cfg = from_dict({"provenance": {"granularity": "sample"}}, base=tiny_cfg)
+    _fit(cfg, smoke_dataset, tmp_path, until=2)
+    state = load_state(tmp_path / CHECKPOINT)
+    writer_state = next(s for s in state["hooks"] if "acc" in s)
+    del writer_state["acc"]["source_steps_seen"]  # as a checkpoint of an earlier govlab left it
+    save_state(tmp_path / CHECKPOINT, state)
+    parts = sorted(p.name for p in (tmp_path / PARTS).iterdir())
+    with pytest.raises(GovlabError, match=r"state of hook ProvenanceWriter lacks .*source_steps_seen"):
+        _fit(cfg, smoke_dataset, tmp_path, resume=True)
+    assert sorted(p.name for p in (tmp_path / PARTS).iterdir()) == parts  # nothing written
+
+
 def test_cohort_size_does_not_grow_with_samples(tmp_path):
     from govlab.bench.index import index_bytes
 

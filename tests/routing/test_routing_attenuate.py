@@ -83,6 +83,22 @@ def test_attenuate_refuses_bad_input(routed_run, tmp_path, tiny_cfg, smoke_datas
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+def test_attenuate_refuses_an_out_it_may_not_replace_before_scoring(routed_run, tmp_path, monkeypatch):
+    from govlab.errors import GovlabError
+
+    def no_scoring(*a, **k):
+        raise AssertionError("scored before --out was checked")
+
+    monkeypatch.setattr("govlab.eval.scores.score_model", no_scoring)
+    (tmp_path / "file").write_text("user data")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("user data")
+    for out, message in (("file", "is not a directory"), ("folder", "is not a govlab run directory")):
+        with pytest.raises(GovlabError, match=message):
+            attenuate_run(routed_run, "artist_1", 0.0, tmp_path / out)
+    assert (tmp_path / "file").read_text() == (tmp_path / "folder" / "notes.txt").read_text() == "user data"
+
+
 def test_attenuated_run_is_sealed_and_never_half_written(routed_run, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
