@@ -148,16 +148,22 @@ struct MaskedGroupNorm : public torch::autograd::Function<MaskedGroupNorm> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, const Tensor& b,
                         const OptTensor& mask, int64_t lo, int64_t hi, int64_t groups, double eps) {
     int64_t n = x.size(0), c = x.size(1), hw = x.numel() / std::max<int64_t>(n * c, 1);
-    auto r = at::native_group_norm(x, w, b, n, c, hw, groups, eps);
-    ctx->save_for_backward({x, w, std::get<1>(r), std::get<2>(r)});
+    // as torch.group_norm: a channels_last input is computed channels_last on the CPU, and the
+    // backward kernel then needs the output gradient in that same format
+    auto fmt = x.is_cpu() ? x.suggest_memory_format() : at::MemoryFormat::Contiguous;
+    Tensor xc = x.contiguous(fmt);
+    auto r = at::native_group_norm(xc, w, b, n, c, hw, groups, eps);
+    ctx->save_for_backward({xc, w, std::get<1>(r), std::get<2>(r)});
     save_sel(ctx, mask, std::nullopt, lo, hi);
     ctx->saved_data["conf"] = std::vector<int64_t>{n, c, hw, groups};
+    ctx->saved_data["channels_last"] = fmt == at::MemoryFormat::ChannelsLast;
     return std::get<0>(r);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    Tensor x = saved[0], w = saved[1], mean = saved[2], rstd = saved[3], g = grads[0].contiguous();
+    auto fmt = ctx->saved_data["channels_last"].toBool() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    Tensor x = saved[0], w = saved[1], mean = saved[2], rstd = saved[3], g = grads[0].contiguous(fmt);
     Sel s = load_sel(ctx);
     auto conf = ctx->saved_data["conf"].toIntVector();
     int64_t n = conf[0], c = conf[1], hw = conf[2], groups = conf[3];
@@ -167,6 +173,10 @@ struct MaskedGroupNorm : public torch::autograd::Function<MaskedGroupNorm> {
     }
     if (ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
       pick_norm(g, x, mean, rstd, s, 1);
+      // torch's CPU kernel crashes on channels_last when asked for the parameter gradients alone
+      // (torch 2.13), so these are taken in the standard layout
+      g = g.contiguous();
+      x = x.contiguous();
       auto r = at::native_group_norm_backward(g, x, mean, rstd, w, g.size(0), c, hw, groups,
                                               {false, ctx->needs_input_grad(1), ctx->needs_input_grad(2)});
       gw = std::get<1>(r);

@@ -134,14 +134,25 @@ class MaskedConv2d(Function):
         return gx, gw, gb, None, None, None, None, None, None
 
 
+def norm_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format in which ``torch.group_norm`` computes on ``x`` (channels_last inputs stay
+    channels_last on the CPU); its backward needs the output gradient in the same format."""
+    if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class MaskedGroupNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, sel, groups, eps):
         n, c = x.shape[:2]
         hw = x[0, 0].numel()
+        fmt = norm_format(x)
+        x = x.contiguous(memory_format=fmt)
         y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, hw, groups, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.sel, ctx.conf = sel, (n, c, hw, groups)
+        ctx.sel, ctx.conf, ctx.fmt = sel, (n, c, hw, groups), fmt
         return y
 
     @staticmethod
@@ -149,7 +160,7 @@ class MaskedGroupNorm(Function):
         x, weight, mean, rstd = ctx.saved_tensors
         n, c, hw, groups = ctx.conf
         bw = torch.ops.aten.native_group_norm_backward
-        g = g.contiguous()
+        g = g.contiguous(memory_format=ctx.fmt)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = bw(g, x, mean, rstd, weight, n, c, hw, groups, [True, False, False])[0]
@@ -159,6 +170,9 @@ class MaskedGroupNorm(Function):
                 g, x, mean, rstd = g[sel], x[sel], mean[sel], rstd[sel]
             else:
                 g = pick(g, sel, 1)
+            # torch's CPU kernel crashes on channels_last when asked for the parameter gradients
+            # alone (torch 2.13), so these are taken in the standard layout
+            g, x = g.contiguous(), x.contiguous()
             _, gw, gb = bw(g, x, mean, rstd, weight, g.shape[0], c, hw, groups,
                            [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
         return gx, gw, gb, None, None, None
