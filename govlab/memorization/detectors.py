@@ -24,26 +24,84 @@ MEMORIZED_RATIO = 1 / 3
 Features = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (N, 3, S, S) -> (N, D)
 
 
+class Denoiser:
+    """What the detectors need of a text-to-image model (any backbone, pixel or latent, epsilon or
+    velocity target): ``encode`` prompts (or token ids) to the conditioning, ``predict`` the model's
+    training target for inputs ``x`` at timestep ``t`` (the scheduler's training scale, 0..1000),
+    ``shape`` of one input ``(C, H, W)`` (latent or pixel), ``generate`` uint8 images ``(N, 3, S, S)``,
+    and ``device``. ``GovlabDenoiser`` wraps govlab's own model; ``govlab.api.DiffusersDenoiser``
+    a diffusers UNet or MMDiT with its text encoder, VAE and scheduler."""
+
+    shape: tuple[int, ...]
+    device: torch.device
+    module: torch.nn.Module  # put in eval mode while scoring
+
+    def encode(self, prompts) -> torch.Tensor: ...
+    def predict(self, x: torch.Tensor, t, cond) -> torch.Tensor: ...
+    def generate(self, prompts: list[str], *, seed: int, steps: int, guidance: float) -> torch.Tensor: ...
+
+
+class GovlabDenoiser(Denoiser):
+    """govlab's own pixel-space ``TextToImage`` as a ``Denoiser``."""
+
+    def __init__(self, model):
+        self.module = model
+
+    @property
+    def shape(self):
+        s = self.module.cfg.image_size
+        return (3, s, s)
+
+    @property
+    def device(self):
+        return self.module.device
+
+    def encode(self, prompts):
+        if isinstance(prompts, torch.Tensor):
+            return self.module.text(prompts.to(self.device))
+        return self.module.encode(list(prompts))
+
+    def predict(self, x, t, cond):
+        return self.module.predict_noise(x, t, cond)
+
+    def generate(self, prompts, *, seed, steps, guidance):
+        return self.module.generate(prompts, seed=seed, steps=steps, guidance=guidance)
+
+
+def as_denoiser(model) -> Denoiser:
+    return model if isinstance(model, Denoiser) else GovlabDenoiser(model)
+
+
 @torch.no_grad()
-def noise_magnitude(model, tokens: torch.Tensor, *, noises: int = 2, timesteps=(800,), seed: int = 0,
+def noise_magnitude(model, tokens, *, noises: int = 2, timesteps=(800,), seed: int = 0,
                     batch_size: int = 512) -> torch.Tensor:
-    """||eps(x_t, c) - eps(x_t, null)|| / sqrt(C*H*W) per caption ``(B,)``, for pure-noise ``x_t`` at
-    the given early timesteps, averaged over ``noises`` draws (the same draws for every caption)."""
-    s, dev = model.cfg.image_size, model.device
-    x = torch.randn(noises, 3, s, s, generator=torch.Generator().manual_seed(seed)).to(dev)
-    was_training = model.training
-    model.eval()
-    cond, null = model.text(tokens.to(dev)), model.encode([""])
-    total = torch.zeros(len(tokens), device=dev)
+    """||f(x_t, c) - f(x_t, null)|| / sqrt(C*H*W) per caption ``(B,)``, for pure-noise ``x_t`` at
+    the given early timesteps, averaged over ``noises`` draws (the same draws for every caption);
+    ``f`` is the model's prediction (noise, or velocity under rectified flow). ``model``: govlab's
+    model or any ``Denoiser``; ``tokens``: token ids or prompts."""
+    d = as_denoiser(model)
+    dev = d.device
+    x = torch.randn(noises, *d.shape, generator=torch.Generator().manual_seed(seed)).to(dev)
+    was_training = d.module.training
+    d.module.eval()
+    cond, null = d.encode(tokens), d.encode([""])
+    n = len(tokens)
+    total = torch.zeros(n, device=dev)
     for t in timesteps:
         for xn in x:
-            eps_u = model.predict_noise(xn[None], t, null)
-            for i in range(0, len(tokens), batch_size):
-                c = cond[i:i + batch_size]
-                eps_c = model.predict_noise(xn.expand(len(c), -1, -1, -1), t, c)
-                total[i:i + batch_size] += (eps_c - eps_u).flatten(1).norm(dim=1)
-    model.train(was_training)
-    return total.cpu() / (len(timesteps) * noises * math.sqrt(3 * s * s))
+            eps_u = d.predict(xn[None], t, null)
+            for i in range(0, n, batch_size):
+                c = _rows(cond, i, batch_size)
+                k = len(c[0]) if isinstance(c, tuple) else len(c)
+                eps_c = d.predict(xn.expand(k, *xn.shape), t, c)
+                total[i:i + k] += (eps_c - eps_u).flatten(1).norm(dim=1)
+    d.module.train(was_training)
+    return total.cpu() / (len(timesteps) * noises * math.sqrt(math.prod(d.shape)))
+
+
+def _rows(cond, i: int, n: int):
+    """Rows ``i:i+n`` of a conditioning (a tensor, or a tuple of tensors: hidden states, pooled)."""
+    return tuple(c[i:i + n] for c in cond) if isinstance(cond, tuple) else cond[i:i + n]
 
 
 def pixel_features(images: torch.Tensor) -> torch.Tensor:
@@ -93,8 +151,8 @@ def regeneration_scores(model, captions: list[str], own: torch.Tensor, train_fea
     """1 - min(1, best own-image ratio over ``seeds`` generations) per caption ``(B,)``: above 2/3
     when some generation is a copy under the ratio criterion. ``own``: row of each caption's image
     in ``train_features`` (features of distinct training images)."""
-    images = model.generate([c for c in captions for _ in range(seeds)], seed=seed, steps=steps,
-                            guidance=guidance)
+    images = as_denoiser(model).generate([c for c in captions for _ in range(seeds)], seed=seed, steps=steps,
+                                         guidance=guidance)
     ratio = own_ratio(features(images), own.repeat_interleave(seeds), train_features)
     return 1 - ratio.view(len(captions), seeds).min(dim=1).values.clamp(max=1).float()
 

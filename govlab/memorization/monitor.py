@@ -19,14 +19,14 @@ MONITOR_FILE = "memorization.json"
 FIRST_WORD = 3  # token ids below this are <pad>, <unk>, <null>
 
 
-def watch_rows(watch, dataset: Dataset) -> list[int] | None:
+def watch_rows(watch, records: list[dict]) -> list[int] | None:
     """Dataset rows of a watch list (rows or file names); None for ``all``/``rotating``."""
     if isinstance(watch, str):
         return None
-    by_name = {r["file_name"]: i for i, r in enumerate(dataset.records)}
+    by_name = {r["file_name"]: i for i, r in enumerate(records) if "file_name" in r}
     rows, unknown = [], []
     for w in watch:
-        if isinstance(w, int) and not isinstance(w, bool) and 0 <= w < len(dataset):
+        if isinstance(w, int) and not isinstance(w, bool) and 0 <= w < len(records):
             rows.append(w)
         elif isinstance(w, str) and w in by_name:
             rows.append(by_name[w])
@@ -34,7 +34,7 @@ def watch_rows(watch, dataset: Dataset) -> list[int] | None:
             unknown.append(w)
     if unknown:
         raise GovlabError(f"memorization.watch names unknown samples {unknown[:5]} (give dataset rows "
-                          f"0..{len(dataset) - 1} or file names of the dataset)")
+                          f"0..{len(records) - 1} or file names of the dataset)")
     return sorted(set(rows))
 
 
@@ -50,18 +50,28 @@ class MemorizationMonitor(Hook):
     intervention to flagged samples and logs each flag and intervention to events.jsonl.
 
     ``latest_scores`` maps dataset row -> latest score; ``flagged`` maps row -> step first flagged.
+
+    It works on explicit inputs: the training records (``caption``, ``source_id``) and their uint8
+    images (a govlab ``Dataset`` gives both), and, through ``bind``, the model as a detector
+    ``Denoiser``, an event log and a sampler with ``exclude`` (for ``drop``/``deduplicate``).
+    govlab's own trainer binds them in ``on_start``; ``govlab.Governance`` in a foreign loop.
     """
 
-    def __init__(self, cfg: MemorizationConfig, dataset: Dataset, *, guidance: float = 3.0):
+    def __init__(self, cfg: MemorizationConfig, dataset: Dataset | None = None, *, records: list[dict] | None = None,
+                 images: torch.Tensor | None = None, guidance: float = 3.0):
         self.cfg, self.guidance = cfg, guidance
-        self.records = dataset.records
-        self.watch = watch_rows(cfg.watch, dataset)
-        self.order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        uniq, self.image_of = unique_images(dataset.images)
+        if dataset is not None:
+            records, images = dataset.records, dataset.images
+        if records is None or images is None or len(images) != len(records):
+            raise GovlabError("memorization monitor: needs the training records and one image per record")
+        self.records = records
+        self.watch = watch_rows(cfg.watch, records)
+        self.order = torch.randperm(len(records), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        uniq, self.image_of = unique_images(images)
         self.train_features = pixel_features(uniq) if cfg.detector == "regeneration" else None
         # rows sharing this key get one score: the caption (noise), or caption and image (regeneration)
         self.keys = [(r["caption"], int(self.image_of[i]) if cfg.detector == "regeneration" else -1)
-                     for i, r in enumerate(dataset.records)]
+                     for i, r in enumerate(records)]
         self.rows_of: dict[tuple, list[int]] = {}
         for i, k in enumerate(self.keys):
             self.rows_of.setdefault(k, []).append(i)
@@ -75,6 +85,23 @@ class MemorizationMonitor(Hook):
         self._active: list[int] = []
         self._noise_mask: torch.Tensor | None = None
         self._handle = None
+        self.denoiser = self.tokens = self.events = self.sampler = self.out = None
+
+    def bind(self, denoiser, *, events, out, sampler=None, tokens: torch.Tensor | None = None,
+             text_module: torch.nn.Module | None = None) -> None:
+        """Wire the monitor to a loop: ``denoiser`` (a detectors ``Denoiser``) is scored, ``events``
+        (an ``EventLog``) takes flags and interventions, ``out`` gets memorization.json, ``sampler``
+        (``exclude(rows)``, ``excluded``) takes drops; ``tokens``: every record's caption as the
+        model's token ids (else the captions are encoded as text); ``text_module``: where the
+        embedding-noise regularizer hooks in."""
+        if self.cfg.intervention in ("drop", "deduplicate") and sampler is None:
+            raise GovlabError(f"memorization monitor: intervention {self.cfg.intervention!r} needs a sampler "
+                              "that can exclude rows (govlab.ExcludingSampler)")
+        self.denoiser, self.events, self.out, self.sampler, self.tokens = denoiser, events, Path(out), sampler, tokens
+        if self.cfg.intervention == "regularize" and self.cfg.regularize == "embedding" and self._handle is None:
+            if text_module is None:
+                raise GovlabError("memorization monitor: regularize: embedding needs the text encoder module")
+            self._handle = text_module.register_forward_hook(self._embedding_noise)
 
     @property
     def action(self) -> str:
@@ -93,7 +120,7 @@ class MemorizationMonitor(Hook):
         self.cursor = (self.cursor + len(rows)) % n
         return rows
 
-    def score(self, trainer, rows: list[int], step: int) -> dict[int, float]:
+    def score(self, rows: list[int], step: int) -> dict[int, float]:
         """Detector score of each row (rows with the same key are scored once). The noise-magnitude
         detector draws its noises afresh at each check (seeded by ``step``)."""
         first: dict[tuple, int] = {}
@@ -102,10 +129,10 @@ class MemorizationMonitor(Hook):
         reps = list(first.values())
         c = self.cfg
         if c.detector == "noise":
-            s = noise_magnitude(trainer.model, trainer.tokens[reps], noises=c.noises, timesteps=c.timesteps,
-                                seed=c.seed + step)
+            prompts = self.tokens[reps] if self.tokens is not None else [self.records[r]["caption"] for r in reps]
+            s = noise_magnitude(self.denoiser, prompts, noises=c.noises, timesteps=c.timesteps, seed=c.seed + step)
         else:
-            s = regeneration_scores(trainer.model, [self.records[r]["caption"] for r in reps],
+            s = regeneration_scores(self.denoiser, [self.records[r]["caption"] for r in reps],
                                     self.image_of[reps], self.train_features, seeds=c.seeds, steps=c.steps,
                                     guidance=self.guidance, seed=c.seed)
         by_key = {self.keys[r]: float(v) for r, v in zip(reps, s)}
@@ -119,11 +146,11 @@ class MemorizationMonitor(Hook):
         k = CALIBRATE_K[self.cfg.detector] if self.cfg.calibrate_k is None else self.cfg.calibrate_k
         return min(max(calibrate(list(per_key.values()), k), lo), hi)
 
-    def check(self, trainer, step: int) -> list[int]:
+    def check(self, step: int) -> list[int]:
         """Score the next watched rows, flag those above the threshold together with every copy (row
         with the same key, watched or not) and log; returns the newly flagged rows."""
         rows = self.next_rows()
-        scores = self.score(trainer, rows, step)
+        scores = self.score(rows, step)
         self.latest_scores.update(scores)
         self.threshold = self.current_threshold()
         above = [r for r in rows if scores[r] > self.threshold]
@@ -138,8 +165,8 @@ class MemorizationMonitor(Hook):
         if self.cfg.intervention == "drop":
             excluded.update(new)
         elif dedupe:
-            excluded.update(self.duplicates(new, trainer.sampler.excluded))
-        events = trainer.events
+            excluded.update(self.duplicates(new, self.sampler.excluded))
+        events = self.events
         self.log_interventions(events, step)
         for c, r in copy_of.items():
             self.flagged[c] = step
@@ -148,7 +175,7 @@ class MemorizationMonitor(Hook):
                          detector=self.cfg.detector, **({} if c == r else {"copy_of": r}),
                          **({"excluded": c in excluded} if dedupe else {}))
         if excluded:
-            trainer.sampler.exclude(sorted(excluded))
+            self.sampler.exclude(sorted(excluded))
         self.history.append({"step": step, "threshold": self.threshold, "scores": scores})
         return new
 
@@ -173,8 +200,10 @@ class MemorizationMonitor(Hook):
 
     # -- hook points ---------------------------------------------------------------------------
     def on_start(self, trainer) -> None:
-        if self.cfg.intervention == "regularize" and self.cfg.regularize == "embedding" and self._handle is None:
-            self._handle = trainer.model.text.register_forward_hook(self._embedding_noise)
+        from govlab.memorization.detectors import GovlabDenoiser
+
+        self.bind(GovlabDenoiser(trainer.model), events=trainer.events, out=trainer.out, sampler=trainer.sampler,
+                  tokens=trainer.tokens, text_module=trainer.model.text)
 
     def before_forward(self, ctx: StepContext) -> None:
         self._active = [i for i, r in enumerate(ctx.indices.tolist()) if r in self.flagged]
@@ -206,14 +235,18 @@ class MemorizationMonitor(Hook):
     def after_step(self, ctx: StepContext) -> None:
         done = ctx.step + 1
         if done >= self.cfg.start and done % self.cfg.every == 0:
-            self.check(ctx.trainer, ctx.step)
+            self.check(ctx.step)
 
     def on_checkpoint(self, trainer, step: int) -> None:
-        self.save(trainer.out / MONITOR_FILE)
+        self.save(self.out / MONITOR_FILE)
 
     def on_end(self, trainer) -> None:
-        self.log_interventions(trainer.events, trainer.step - 1)
-        self.save(trainer.out / MONITOR_FILE)
+        self.finish(trainer.step)
+
+    def finish(self, step: int) -> None:
+        """End of training at ``step`` (steps done): the last interventions logged, the file written."""
+        self.log_interventions(self.events, step - 1)
+        self.save(self.out / MONITOR_FILE)
         if self._handle is not None:
             self._handle.remove()
             self._handle = None

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from govlab.data.dataset import Dataset
+from govlab.errors import GovlabError
 from govlab.hooks import Hook
 from govlab.io import write_json
 from govlab.routing.bands import assign, make_bands
@@ -53,8 +54,7 @@ def param_groups(model: nn.Module, lr: float, slot_lr_scale: float) -> list[dict
 def prepare(model: nn.Module, cfg: RoutingConfig, records: list[dict]) -> Router:
     """Resolve bands and policy (one clear error per mistake), expand the model with slots and
     adapters, and return the (not yet installed) router."""
-    levels = len(model.cfg.channels)
-    bands = make_bands(cfg.bands, levels)
+    bands = make_bands(cfg.bands, model)
     base = [n for n, _ in model.named_parameters() if not n.startswith(SLOTS_ATTR + ".")]
     band_of = assign(base, bands)
     sources = slot_sources(cfg, records)
@@ -77,6 +77,13 @@ def prepare(model: nn.Module, cfg: RoutingConfig, records: list[dict]) -> Router
         if caption:
             expand_caption(model, caption, phrases, private=cfg.mode == "routed")
     band_of.update(slot_bands(model))
+    owned = set(band_of.values())
+    for c in adapters:  # a sequestered sample reaches only its category's bands: they must exist
+        n = sum(c in r["categories"] for r in records)
+        if n and not any(b in owned for b in policy.rules.get(c, ())):
+            raise GovlabError(f"routing: sequestered category {c!r} ({n} samples) routes to band(s) "
+                              f"{list(policy.rules.get(c, ()))} that hold no parameter of the model (sequester_targets "
+                              f"{list(cfg.sequester_targets)}); its samples would get no gradient")
     return Router(model, band_of, policy, sources)
 
 

@@ -1,0 +1,419 @@
+"""Governance for any diffusers training loop: one front object with lifecycle verbs.
+
+A foreign loop (diffusers' example scripts, accelerate) keeps its model, its data and its objective;
+``Governance`` attaches the three governance parts through a narrow interface:
+
+- the **denoiser** (a diffusers ``UNet2DConditionModel`` or ``SD3Transformer2DModel``; bands are
+  derived by depth from its module structure), with its text encoder, tokenizer, VAE and scheduler
+  for the monitor's detectors (``DiffusersDenoiser``);
+- the **dataset rows and records**: every record has ``source_id`` and ``categories`` (a ``datasets``
+  imagefolder keeps them from metadata.jsonl), and each batch carries its dataset rows (``row``);
+- **per-sample losses** (``loss``), the **optimizer** (``optimizer`` builds it with routing; its
+  step hooks close the step) and an **output folder** (index.nc, memorization.json, events.jsonl).
+
+Lifecycle: ``sampler`` (for the DataLoader), ``optimizer(cls, ...)``, ``begin(batch)`` before the
+forward, ``loss(per_sample)``, ``checkpoint(step)`` beside ``accelerator.save_state``, ``end(step)``;
+``state_dict``/``load_state_dict`` for ``accelerator.register_for_checkpointing``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from govlab.errors import GovlabError
+from govlab.hooks import EventLog, StepContext
+from govlab.io import sha256_json
+from govlab.memorization.config import MemorizationConfig
+from govlab.memorization.detectors import Denoiser
+from govlab.memorization.monitor import MemorizationMonitor
+from govlab.provenance.config import ProvenanceConfig
+from govlab.provenance.writer import ProvenanceWriter
+from govlab.routing.bands import model_presets
+from govlab.routing.config import RoutingConfig
+from govlab.routing.optim import RoutedAdamW
+
+STATE_FORMAT = "govlab-governance-1"
+
+
+def foreign_routing(**overrides) -> RoutingConfig:
+    """Routing for a foreign denoiser: no per-source caption slots (those need govlab's caption
+    encoder), style shared by all depths, identity and watermark sequestered in adapters beside the
+    caption key/value projections (derived for the model)."""
+    policy = {"style": ["outer", "middle", "cross_attention"], "semantics": ["outer", "middle", "cross_attention"],
+              "composition": ["outer", "middle", "cross_attention"], "identity": ["identity"],
+              "watermark": ["watermark"]}
+    return RoutingConfig(**{"mode": "routed", "slot_rank": 0, "policy": policy, "sequester_targets": ("kv",),
+                            **overrides})
+
+
+@dataclass(frozen=True)
+class GovernanceConfig:
+    """Which parts govern the loop; a part is off when its config is None."""
+
+    routing: RoutingConfig | None = field(default_factory=foreign_routing)
+    provenance: ProvenanceConfig | None = field(default_factory=lambda: ProvenanceConfig(enabled=True, mode="exact"))
+    memorization: MemorizationConfig | None = field(default_factory=lambda: MemorizationConfig(
+        mode="monitor", intervention="none", every=2, start=2, watch_size=8, seeds=1, steps=2))
+    name: str = "foreign"
+
+    def hash(self) -> str:
+        return sha256_json({k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
+                            for k, v in asdict(self).items()})[:16]
+
+
+# -- data --------------------------------------------------------------------------------------------
+class ExcludingSampler(torch.utils.data.Sampler[int]):
+    """Dataset rows in a fresh shuffled order per epoch (seeded by ``(seed, epoch)``), without the
+    excluded rows (``exclude``: from the next epoch on). ``consumed(n)`` advances its resume position
+    by the rows actually trained (a DataLoader fetches ahead), so that a resumed sampler yields the
+    rest of the interrupted epoch, then the next epochs, exactly as an uninterrupted one."""
+
+    def __init__(self, n: int, *, seed: int = 0):
+        self.n, self.seed = n, seed
+        self.excluded: set[int] = set()
+        self.epoch, self.pos = 0, 0  # of the rows trained so far
+        self._epoch_excluded: dict[int, list[int]] = {}
+
+    def _order(self, epoch: int) -> list[int]:
+        excluded = self._epoch_excluded.setdefault(epoch, sorted(self.excluded))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        drop = set(excluded)
+        return [i for i in torch.randperm(self.n, generator=g).tolist() if i not in drop]
+
+    def __iter__(self):
+        epoch, start = self.epoch, self.pos
+        order = self._order(epoch)
+        if start >= len(order):  # the last epoch was trained to its end
+            epoch, start = epoch + 1, 0
+            order = self._order(epoch)
+        yield from order[start:]
+
+    def __len__(self) -> int:
+        return len(self._order(self.epoch)) - self.pos if self.pos < len(self._order(self.epoch)) else \
+            len(self._order(self.epoch + 1))
+
+    def consumed(self, rows: int) -> None:
+        size = len(self._order(self.epoch))
+        if self.pos >= size:
+            self.epoch, self.pos = self.epoch + 1, 0
+        self.pos += rows
+
+    def exclude(self, rows) -> None:
+        self.excluded.update(int(r) for r in rows)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "excluded": sorted(self.excluded),
+                "epoch_excluded": {str(k): v for k, v in self._epoch_excluded.items() if k >= self.epoch}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos, self.excluded = int(state["epoch"]), int(state["pos"]), set(state["excluded"])
+        self._epoch_excluded = {int(k): list(v) for k, v in state["epoch_excluded"].items()}
+
+
+def dataset_records(dataset) -> list[dict]:
+    """Records (``source_id``, ``categories``, ``caption``) of a ``datasets`` Dataset, a govlab
+    Dataset or a list of dicts; a record without ``source_id`` or ``categories`` is one clear error."""
+    if hasattr(dataset, "records"):
+        return list(dataset.records)
+    if isinstance(dataset, list):
+        rows = dataset
+    else:
+        cols = [c for c in dataset.column_names if c != "image"]
+        table = dataset.select_columns(cols).to_dict()
+        rows = [dict(zip(table, vals)) for vals in zip(*table.values())]
+    out = []
+    for i, r in enumerate(rows):
+        for key in ("source_id", "categories"):
+            if key not in r or r[key] is None:
+                where = r.get("file_name", f"row {i}")
+                raise GovlabError(f"governance: dataset record {where} has no {key!r} (metadata.jsonl needs "
+                                  f"source_id and categories for every image)")
+        if not isinstance(r["categories"], (list, tuple)):
+            raise GovlabError(f"governance: dataset record row {i}: 'categories' must be a list, got "
+                              f"{r['categories']!r}")
+        out.append({**r, "categories": list(r["categories"]), "caption": r.get("caption", r.get("text", ""))})
+    return out
+
+
+def dataset_images(dataset, size: int) -> torch.Tensor:
+    """uint8 images ``(N, 3, size, size)`` of a ``datasets`` Dataset with an ``image`` column (or a
+    govlab Dataset's own), for the monitor's duplicate keys and copy detection."""
+    if hasattr(dataset, "images"):
+        return dataset.images
+    from PIL import Image
+
+    out = []
+    for img in dataset["image"]:
+        a = np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC))
+        out.append(torch.from_numpy(a.copy()).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+# -- the denoiser -------------------------------------------------------------------------------------
+class Governed(nn.Module):
+    """A foreign denoiser as the model governance sees: the denoiser at ``unet`` (any backbone),
+    no caption encoder of govlab's (``text``: the text encoder stays outside, frozen), and the
+    adapters routing adds at ``slots``."""
+
+    def __init__(self, denoiser: nn.Module):
+        super().__init__()
+        self.unet = denoiser
+        self.text = nn.Identity()
+
+
+class DiffusersDenoiser(Denoiser):
+    """A diffusers UNet or MMDiT with its CLIP text encoder, tokenizer, VAE and scheduler, as the
+    detectors' ``Denoiser``: conditioning from the text encoder's hidden states (and pooled output
+    for an MMDiT), the model's own target (noise, or velocity under rectified flow), latents of the
+    denoiser's input shape, images decoded by the VAE."""
+
+    def __init__(self, denoiser, text_encoder, tokenizer, scheduler, vae=None):
+        self.module, self.text_encoder, self.tokenizer, self.scheduler, self.vae = (
+            denoiser, text_encoder, tokenizer, scheduler, vae)
+        c = denoiser.config
+        self.mmdit = hasattr(denoiser, "transformer_blocks")
+        self.shape = (c.in_channels, c.sample_size, c.sample_size)
+
+    @property
+    def device(self):
+        return next(self.module.parameters()).device
+
+    @torch.no_grad()
+    def encode(self, prompts):
+        if isinstance(prompts, torch.Tensor):
+            ids = prompts
+        else:
+            ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids
+        out = self.text_encoder(ids.to(self.device), output_hidden_states=False, return_dict=True)
+        hidden = getattr(out, "last_hidden_state", None)
+        if hidden is None:
+            raise GovlabError(f"governance: the text encoder {type(self.text_encoder).__name__} returns no hidden "
+                              "states (last_hidden_state); the denoiser needs them as its conditioning")
+        return (hidden, out.pooler_output) if self.mmdit else hidden
+
+    def predict(self, x, t, cond):
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(x.shape[0])
+        if self.mmdit:
+            hidden, pooled = cond
+            if hidden.shape[0] != x.shape[0]:
+                hidden, pooled = hidden.expand(x.shape[0], -1, -1), pooled.expand(x.shape[0], -1)
+            return self.module(hidden_states=x, timestep=t, encoder_hidden_states=hidden,
+                               pooled_projections=pooled).sample
+        if cond.shape[0] != x.shape[0]:
+            cond = cond.expand(x.shape[0], -1, -1)
+        return self.module(x, t, encoder_hidden_states=cond).sample
+
+    @torch.no_grad()
+    def generate(self, prompts, *, seed: int = 0, steps: int = 8, guidance: float = 3.0):
+        if self.vae is None:
+            raise GovlabError("governance: generating images (the regeneration detector) needs the VAE")
+        sched = type(self.scheduler).from_config(self.scheduler.config)
+        sched.set_timesteps(steps)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(len(prompts), *self.shape, generator=g).to(self.device) * getattr(sched, "init_noise_sigma", 1.0)
+        cond, null = self.encode(prompts), self.encode([""] * len(prompts))
+        for t in sched.timesteps:
+            xin = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+            c, u = self.predict(xin, t, cond), self.predict(xin, t, null)
+            x = sched.step(u + guidance * (c - u), t, x).prev_sample
+        vc = self.vae.config
+        images = self.vae.decode(x / vc.scaling_factor + getattr(vc, "shift_factor", 0.0) * 0).sample
+        return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+# -- the front object ----------------------------------------------------------------------------------
+class Governance:
+    """Routing, the provenance index and the memorization monitor on a foreign training loop.
+
+    ``denoiser``: the model the loop trains (modules may be added to it: sequestered adapters);
+    ``dataset``: its training data (records with ``source_id`` and ``categories``); ``out``: the
+    output folder; ``text_encoder``/``tokenizer``/``scheduler``/``vae``: for the monitor's detectors.
+    """
+
+    def __init__(self, denoiser: nn.Module, dataset, out, *, text_encoder=None, tokenizer=None, scheduler=None,
+                 vae=None, config: GovernanceConfig | None = None, seed: int = 0, image_size: int | None = None):
+        from govlab.routing.hook import prepare
+
+        self.cfg = config or GovernanceConfig()
+        self.out = Path(out)
+        self.records = dataset_records(dataset)
+        self.model = Governed(denoiser)
+        self.sources = sorted({r["source_id"] for r in self.records})
+        self.step = 0
+        self.events = EventLog(self.out / "events.jsonl")
+        self.sampler = ExcludingSampler(len(self.records), seed=seed)
+        self.router = self.table = self.rank = None
+        r = self.cfg.routing
+        if r is not None and r.mode != "off":
+            if "kv" in r.sequester_targets:  # the caption key/value projections of this model
+                kv = model_presets(self.model)["cross_attention"].patterns
+                r = replace(r, sequester_targets=tuple(t for t in r.sequester_targets if t != "kv") + kv)
+            self.router = prepare(self.model, r, self.records)
+            if r.mode == "routed":
+                self.router.install()
+                self.table = self.router.table(self.records)
+                self.rank = self.router.group_rank(self.table)
+        self.monitor = None
+        if self.cfg.memorization is not None and self.cfg.memorization.mode == "monitor":
+            if text_encoder is None or tokenizer is None or scheduler is None:
+                raise GovlabError("governance: the memorization monitor needs text_encoder, tokenizer and scheduler")
+            size = image_size or (vae.config.sample_size if vae is not None else 32)
+            self.monitor = MemorizationMonitor(self.cfg.memorization, records=self.records,
+                                               images=dataset_images(dataset, size))
+            self.denoiser = DiffusersDenoiser(denoiser, text_encoder, tokenizer, scheduler, vae)
+            self.monitor.bind(self.denoiser, events=self.events, out=self.out, sampler=self.sampler)
+        self.writer = None
+        if self.cfg.provenance is not None and self.cfg.provenance.enabled:
+            self.writer = ProvenanceWriter(self.cfg.provenance, self.sources)
+            self._bind_writer()
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.ctx = None
+
+    def _bind_writer(self) -> None:
+        band_of = dict(self.router.band_of) if self.router is not None else {
+            n: "trunk" for n, _ in self.model.named_parameters()}
+        band_of = {n: band_of[n] for n, p in self.model.named_parameters() if p.requires_grad}
+        r = self.cfg.routing
+        policy = {"mode": r.mode if r else "off", "policy": r.policy if r else {},
+                  "sequestered": list(r.sequestered) if r else []}
+        self.writer.bind(self.model, self.records, self.out, band_of=band_of,
+                         router=self.router if r is not None and r.mode == "routed" else None,
+                         hooks=[self.monitor] if self.monitor else [], step=self.step,
+                         attrs={"config_hash": self.cfg.hash(), "run_name": self.cfg.name,
+                                "routing_policy_json": json.dumps(policy)})
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def parameters(self):
+        """Every trainable parameter: the denoiser's and the adapters routing added."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def optimizer(self, cls=torch.optim.AdamW, params=None, **kwargs) -> torch.optim.Optimizer:
+        """The loop's optimizer over ``params`` (default: ``parameters()``), as ``RoutedAdamW`` when
+        routing is on (``cls`` must then be AdamW); its step closes each governed step."""
+        params = self.parameters() if params is None else params
+        if self.router is not None and self.cfg.routing.mode == "routed":
+            if cls not in (torch.optim.AdamW, RoutedAdamW):
+                raise GovlabError(f"governance: routing needs AdamW (RoutedAdamW), got {cls.__name__}")
+            opt = RoutedAdamW(params, router=self.router, move_unrouted=self.cfg.routing.move_unrouted, **kwargs)
+        else:
+            opt = cls(params, **kwargs)
+        opt.register_step_pre_hook(lambda *_: self._before_update())
+        opt.register_step_post_hook(lambda *_: self._after_update())
+        self.optimizers.append(opt)
+        return opt
+
+    def begin(self, batch: dict) -> dict:
+        """Before the forward: the batch (a dict of per-sample tensors and lists with the dataset
+        ``row`` of each sample) reordered so that each band's samples are contiguous, and routing,
+        the index and the monitor's interventions set for it."""
+        if "row" not in batch:
+            raise GovlabError("governance: the batch has no 'row' (each sample's dataset row index)")
+        idx = torch.as_tensor(batch["row"]).cpu()
+        self.sampler.consumed(len(idx))
+        ctx = _Ctx(step=self.step, indices=idx, records=[self.records[i] for i in idx.tolist()], x0=None,
+                   tokens=None, noise=None, timesteps=None, weights=torch.ones(len(idx)), trainer=None)
+        if self.rank is not None:
+            ctx.permute(torch.argsort(self.rank[idx], stable=True))
+        if self.writer is not None:
+            self.writer.arrange(ctx)
+        if self.router is not None and self.rank is not None:
+            self.router.route(table=self.table[ctx.indices])
+        if self.writer is not None:
+            self.writer.before_forward(ctx)
+        if self.monitor is not None:
+            self.monitor.before_forward(ctx)
+            self.monitor.before_backward(ctx)  # attenuate: loss weights
+        self.ctx = ctx
+        perm = ctx.perm
+        if perm is None:
+            return batch
+        return {k: (v[perm.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == len(perm)
+                    else [v[i] for i in perm.tolist()] if isinstance(v, list) and len(v) == len(perm) else v)
+                for k, v in batch.items()}
+
+    def loss(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """The batch loss from per-sample losses (any shape with the batch first: reduced per sample)
+        with the monitor's loss weights: ``mean(l_i * w_i)``."""
+        if self.ctx is None:
+            raise GovlabError("governance: loss() before begin(batch)")
+        per_sample = per_sample.reshape(per_sample.shape[0], -1).mean(dim=1)
+        self.ctx.weights = self.ctx.weights.to(per_sample.device, per_sample.dtype)
+        self.ctx.per_sample_loss = per_sample
+        if self.writer is not None:
+            self.writer.before_backward(self.ctx)
+        return (per_sample * self.ctx.weights).mean()
+
+    def _before_update(self) -> None:
+        if self.ctx is not None and self.writer is not None:
+            self.writer.after_backward(self.ctx)
+
+    def _after_update(self) -> None:
+        ctx, self.ctx = self.ctx, None
+        if ctx is None:
+            return
+        if self.writer is not None:
+            self.writer.after_step(ctx)
+        if self.router is not None:
+            self.router.clear()
+        if self.monitor is not None:
+            self.monitor.after_step(ctx)
+        self.step += 1
+
+    def checkpoint(self, step: int | None = None) -> None:
+        """At a checkpoint of the loop: the index interval flushed to index.nc, the monitor's file."""
+        step = self.step if step is None else step
+        if self.writer is not None:
+            self.writer.on_checkpoint(None, step)
+        if self.monitor is not None:
+            self.monitor.log_interventions(self.events, step - 1)
+            self.monitor.save(self.out / "memorization.json")
+
+    def end(self, step: int | None = None) -> None:
+        step = self.step if step is None else step
+        if self.monitor is not None:
+            self.monitor.finish(step)
+
+    # -- state (accelerate's register_for_checkpointing) ------------------------------------------------
+    def state_dict(self) -> dict:
+        adapters = {k: v for k, v in self.model.state_dict().items() if not k.startswith("unet.")}
+        return {"format": STATE_FORMAT, "config_hash": self.cfg.hash(), "step": self.step,
+                "records": len(self.records), "sampler": self.sampler.state_dict(), "adapters": adapters,
+                "writer": self.writer.state_dict() if self.writer else {},
+                "monitor": self.monitor.state_dict() if self.monitor else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise GovlabError(f"governance: the checkpoint's governance state is not {STATE_FORMAT} "
+                              f"(format {state.get('format')!r}); cannot resume")
+        if state["config_hash"] != self.cfg.hash() or state["records"] != len(self.records):
+            raise GovlabError(f"governance: the checkpoint was written under another governance config or "
+                              f"dataset (config {state['config_hash']}, records {state['records']}; this run: "
+                              f"{self.cfg.hash()}, {len(self.records)}); cannot resume")
+        self.step = int(state["step"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.model.load_state_dict({**{k: v for k, v in self.model.state_dict().items() if k.startswith("unet.")},
+                                    **state["adapters"]})
+        if self.monitor is not None:
+            self.monitor.load_state_dict(state["monitor"])
+        if self.writer is not None:
+            self.writer.load_state_dict(state["writer"])
+            self._bind_writer()  # applies the resumed interval: index.nc rewritten at ``step``
+        self.events.truncate_after(self.step - 1)
+
+
+class _Ctx(StepContext):
+    """A step of a foreign loop: the batch lives in the loop, so ``permute`` only composes the order."""
+
+    perm = None
+
+    def permute(self, perm: torch.Tensor) -> None:
+        self.indices, self.weights = self.indices[perm], self.weights[perm]
+        self.records = [self.records[i] for i in perm.tolist()]
+        self.perm = perm if self.perm is None else self.perm[perm]
