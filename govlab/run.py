@@ -8,6 +8,8 @@ from govlab.config import RunConfig
 from govlab.data.cache import run_dataset
 from govlab.eval.classifiers import load_evaluator
 from govlab.eval.scores import score_model
+from govlab.compliance.credentials import sign_samples
+from govlab.compliance.ingest import attach as attach_credentials
 from govlab.hooks import Hook
 from govlab.io import write_json
 from govlab.memorization.monitor import attach as attach_monitor
@@ -25,10 +27,11 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: l
     training_device(cfg.train.device)  # a device torch cannot reach is refused before anything is written
     dataset = run_dataset(cfg, progress=progress)
     sources = dataset.sources  # scored on every source, also those rejected at ingestion
+    dataset, credential_hooks = attach_credentials(dataset)  # C2PA/CAWG notAllowed images: rejected
     dataset, routing_hooks = attach(cfg, dataset)
     dataset, provenance_hooks = attach_provenance(cfg, dataset, sources)  # these may refuse: before clearing
     monitor_hooks = attach_monitor(cfg, dataset)
-    trainer = Trainer(cfg, dataset, out, hooks=[*routing_hooks, *monitor_hooks, *provenance_hooks, *hooks],
+    trainer = Trainer(cfg, dataset, out, hooks=[*credential_hooks, *routing_hooks, *monitor_hooks, *provenance_hooks, *hooks],
                       progress=progress)  # writes nothing yet, and may refuse (batch size, routing bands)
     if not resume:
         clear_run(out)
@@ -38,6 +41,7 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: l
     scores, images, probes = score_model(trainer.model, sources, per_prompt=e.per_prompt,
                                          steps=e.steps, guidance=e.guidance, seed=cfg.train.seed)
     grids = save_sample_grids(images, probes, out)
+    sign_samples(out, grids, probes=probes, seed=cfg.train.seed, steps=e.steps, guidance=e.guidance)
     write_json(out / "scores.json", {"scores": scores, "evaluator_accuracy": acc})
     report = write_report(out, cfg=cfg, scores=scores, evaluator_acc=acc,
                           train_seconds=trainer.seconds, n_records=len(dataset), grids=grids)
