@@ -49,9 +49,14 @@ def train(preset: Optional[str] = typer.Option(None, help=f"Preset name ({', '.j
         cfg = from_dict({"train": {"device": device}}, base=cfg, where="--device")
     out = out or Path("runs") / cfg.name
     result = train_run(cfg, out, resume=resume, progress=not as_json)
-    emit(result, as_json, f"run directory: {result['run']}\nreport: {result['report']}\n"
-         f"style_acc={result['style_acc']} shape_acc={result['shape_acc']} "
-         f"(chance {result['chance_style']} / {result['chance_shape']})")
+    if result["scored_against"] == "world":
+        scored = (f"style_acc={result['style_acc']} shape_acc={result['shape_acc']} "
+                  f"(chance {result['chance_style']} / {result['chance_shape']})")
+    else:
+        scored = (f"scored on its own data: nearest_source_acc={result.get('nearest_source_acc')} "
+                  f"(chance {result.get('chance_nearest_source')}), loss {result.get('loss_first')} -> "
+                  f"{result.get('loss_last')}")
+    emit(result, as_json, f"run directory: {result['run']}\nreport: {result['report']}\n{scored}")
 
 
 @app.command()
@@ -109,9 +114,11 @@ def attenuate(run: Path, source: str = typer.Option(..., help="Source whose slot
 
     result = attenuate_run(run_dir(run), source, factor, out, progress=not as_json)
     b, a = result["before"], result["after"]
+    m, chance = ("style_acc", "chance_style") if "style_acc_source" in a else ("nearest_source_acc",
+                                                                              "chance_nearest_source")
     emit(result, as_json, f"run directory: {result['run']}\nreport: {Path(result['run']) / 'report.md'}\n"
-         f"{source} style_acc {b['style_acc_source']} -> {a['style_acc_source']}; "
-         f"others {b['style_acc_others']} -> {a['style_acc_others']} (chance {a['chance_style']})")
+         f"{source} {m} {b[f'{m}_source']} -> {a[f'{m}_source']}; "
+         f"others {b[f'{m}_others']} -> {a[f'{m}_others']} (chance {a[chance]})")
 
 
 @app.command()
@@ -226,7 +233,8 @@ def audit_memorization(run: Path, n: int = typer.Option(4, "-n", help="Generatio
          for it in r["reproduced"]]
         + [f"extraction rate: pixel {r['extraction_rate']}, feature {r.get('extraction_rate_feature')} "
            f"({r['captions']} captions x {n}); planted: pixel {r.get('extraction_rate_planted')}, "
-           f"feature {r.get('extraction_rate_planted_feature')}", f"grid: {r['grid']}", f"json: {r['json']}"]))
+           f"feature {r.get('extraction_rate_planted_feature')}", f"grid: {r['grid']}",
+           f"extracted beside their training images: {r.get('extracted_grid')}", f"json: {r['json']}"]))
 
 
 zoo_app = typer.Typer(no_args_is_help=True, help="A model zoo with known lineage.")

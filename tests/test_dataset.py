@@ -76,3 +76,24 @@ def test_smaller_images_are_resized(folder):
     Image.new("RGB", (8, 8), (255, 0, 0)).save(folder / rec["file_name"])
     ds = load_dataset(folder, image_size=16)
     assert ds.images[0].shape == (3, 16, 16) and int(ds.images[0, 0].float().mean()) == 255
+
+
+@pytest.mark.parametrize("value, group", [(None, -1), ("absent", -1), (-1, -1), (3, 3)])
+def test_duplicate_group_takes_json_forms_of_none(folder, value, group):
+    edit(folder, 2, lambda r: r.pop("duplicate_group") if value == "absent" else r.update(duplicate_group=value))
+    ds = load_dataset(folder, image_size=16)
+    assert ds.records[1]["duplicate_group"] == group  # one form inside: no None is ever compared
+
+
+@pytest.mark.parametrize("value", ["0", 1.5, True, -2])
+def test_a_bad_duplicate_group_is_one_clear_error(folder, value):
+    edit(folder, 2, lambda r: r.update(duplicate_group=value))
+    with pytest.raises(GovlabError, match=r"line 2: field 'duplicate_group' must be an integer >= 0, null"):
+        load_dataset(folder, image_size=16)
+
+
+def test_bom_and_crlf_metadata_read_as_plain(folder):
+    plain = load_dataset(folder, image_size=16)
+    meta = folder / "metadata.jsonl"
+    meta.write_bytes(b"\xef\xbb\xbf" + meta.read_bytes().replace(b"\n", b"\r\n"))
+    assert load_dataset(folder, image_size=16).records == plain.records

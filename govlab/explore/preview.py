@@ -8,14 +8,18 @@ from govlab.errors import GovlabError
 from govlab.explore.runs import Run
 
 
-def slot_prompts(slot: str, n: int) -> list[str]:
+def slot_prompts(slot: str, n: int, run: Run | None = None) -> list[str]:
     """Probe captions of the world for a slot: an artist's own, stock photos for ``watermark``,
-    person photos for ``identity``."""
+    person photos for ``identity``; for a source the world does not have, captions of its own
+    records in the data ``run`` was trained on."""
     from govlab.data.world import STOCK, WEBCRAWL_SOURCE
+    from govlab.eval.own_data import source_captions
     from govlab.eval.scores import probe_prompts
 
     source = {"watermark": STOCK.source_id, "identity": WEBCRAWL_SOURCE}.get(slot, slot)
     prompts = [p["caption"] for p in probe_prompts([source], per_prompt=1)]
+    if not prompts and run is not None:
+        prompts = source_captions(run.path, source, n)
     if not prompts:
         raise GovlabError(f"no probe prompts for slot {slot!r}")
     return prompts[:n]
@@ -34,7 +38,7 @@ class AttenuationPreview:
         self.slots = slot_names(self.model)
         if not self.slots:
             raise GovlabError(f"{run.path}: this model has no slots (train it with routing.mode: routed)")
-        self.n, self.steps, self.seed = n, steps, seed
+        self.run, self.n, self.steps, self.seed = run, n, steps, seed
         self._before: dict[str, object] = {}
         self._lock = threading.Lock()  # a preview scales the slot in place and restores it
 
@@ -42,7 +46,7 @@ class AttenuationPreview:
         """uint8 images ``(before, after)`` for ``slot``'s probe prompts, after scaling it by ``factor``."""
         from govlab.routing.slots import scale_slot
 
-        prompts = slot_prompts(slot, self.n)
+        prompts = slot_prompts(slot, self.n, self.run)
         gen = dict(seed=self.seed, steps=self.steps)
         with self._lock:
             if slot not in self._before:

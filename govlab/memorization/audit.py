@@ -15,12 +15,19 @@ from govlab.memorization.detectors import (MEMORIZED_RATIO, detection_auc, dista
                                           pixel_features, unique_images, world_features)
 
 AUDIT_DIR = "memorization"
-OUTPUTS = (f"{AUDIT_DIR}/audit.json", f"{AUDIT_DIR}/audit_grid.png")
+OUTPUTS = (f"{AUDIT_DIR}/audit.json", f"{AUDIT_DIR}/audit_grid.png", f"{AUDIT_DIR}/extracted.png")
 
 
 def is_planted(record: dict) -> bool:
-    """Whether a training record is one of the world's planted duplicates (ground truth)."""
-    return record.get("duplicate_group", -1) >= 0
+    """Whether a training record is one of the data's known duplicates (the world's planted ones, or
+    a folder's ``duplicate_group``); no group (null, absent, -1) is not."""
+    group = record.get("duplicate_group")
+    return group is not None and group >= 0
+
+
+def has_groups(records: list[dict]) -> bool:
+    """Whether the data names duplicate groups at all: the ground truth of a planted rate."""
+    return any(is_planted(r) for r in records)
 
 
 def _rate(flags) -> float | None:
@@ -74,7 +81,7 @@ def audit(model, dataset, *, rows: list[int] | None = None, n: int = 4, steps: i
                       **{s: ratios[s][k] < MEMORIZED_RATIO for s in spaces}})
     result = {"captions": len(captions), "n": n, "generations": len(gens), "steps": steps,
               "criterion": f"own / next-nearest l2 < {MEMORIZED_RATIO:.4f}", "spaces": list(spaces)}
-    has_truth = all("duplicate_group" in dataset.records[r] for r in rows)
+    has_truth = has_groups(dataset.records)
     for s in spaces:
         suffix = "" if s == "pixel" else f"_{s}"
         result[f"extraction_rate{suffix}"] = _rate([it[s] for it in items])
@@ -90,7 +97,8 @@ def audit(model, dataset, *, rows: list[int] | None = None, n: int = 4, steps: i
     order = sorted(range(len(captions)), key=lambda k: ratios["pixel"][k])
     pixel_d = dists["pixel"]
     pairs = []
-    for k in order:
+    for pair, k in enumerate(order):
+        items[k]["grid_pair"] = pair  # where audit_grid.png shows it (reading order, from 0)
         col = min(own[captions[k]])
         best = int(pixel_d[k * n:(k + 1) * n, col].argmin())
         pairs += [uniq[col], gens[k * n + best]]
@@ -137,6 +145,7 @@ def audit_run(run: str | Path, *, sample: int | None = None, n: int = 4, steps: 
     from govlab.config import from_dict, read_yaml
     from govlab.data.cache import run_dataset
     from govlab.eval.classifiers import load_evaluator
+    from govlab.eval.own_data import WORLD, scored_against
     from govlab.models.diffusion import TextToImage
     from govlab.provenance.manifest import require_intact, write_manifest
     from govlab.report import image_grid, save_png
@@ -157,24 +166,36 @@ def audit_run(run: str | Path, *, sample: int | None = None, n: int = 4, steps: 
     sealed = require_intact(run, OUTPUTS, "auditing")
     model = TextToImage.load(run / "model.safetensors")
     dataset = run_dataset(cfg, progress=progress)
+    against = scored_against(cfg, dataset)
     rows = None
     if sample is not None:
         rng = np.random.default_rng(seed)
         firsts = list({r["caption"]: i for i, r in reversed(list(enumerate(dataset.records)))}.values())
         rows = sorted(rng.choice(firsts, size=min(sample, len(firsts)), replace=False).tolist())
-    evaluator = load_evaluator(cfg.model.image_size, progress=progress)[0]
+    # the world encoder's feature space means something on the world only
+    evaluator = load_evaluator(cfg.model.image_size, progress=progress)[0] if against == WORLD else None
     result, pairs = audit(model, dataset, rows=rows, n=n, steps=cfg.eval.steps if steps is None else steps,
                           guidance=cfg.eval.guidance, seed=seed, evaluator=evaluator, progress=progress)
     captions = [it["caption"] for it in result["items"]]
     n_planted = sum(it["planted"] for it in result["items"])
-    if all("duplicate_group" in r for r in dataset.records) and 0 < n_planted < len(captions):
+    if has_groups(dataset.records) and 0 < n_planted < len(captions):
         m = cfg.memorization
         result.update(noise_magnitude_check(model, dataset, captions, timesteps=m.timesteps, noises=m.noises,
                                             guidance=cfg.eval.guidance, seed=seed,
                                             reproduced=[it["pixel"] for it in result["items"]]))
-    path, grid = (run / f for f in OUTPUTS)
+    path, grid, extracted = (run / f for f in OUTPUTS)
     save_png(image_grid(pairs, ncol=16), grid)
-    result = {"run": str(run), **result, "grid": str(grid), "json": str(path)}
+    shown = [p for it in result["reproduced"] for p in (2 * it["grid_pair"], 2 * it["grid_pair"] + 1)]
+    if shown:  # each extracted training image (left) beside the generation that reproduces it
+        save_png(image_grid(pairs[shown], ncol=min(16, len(shown))), extracted)
+    else:
+        extracted.unlink(missing_ok=True)  # from an earlier audit
+    result = {"run": str(run), "scored_against": against, **result, "grid": str(grid),
+              "extracted_grid": str(extracted) if shown else None, "json": str(path)}
+    if against != WORLD:
+        result["not_measured"] = ("feature space: the world encoder's features describe the world's "
+                                  "images only" + ("" if has_groups(dataset.records) else
+                                                   "; planted rates: no record names a duplicate_group"))
     write_json(path, result)
     if sealed:
         write_manifest(run)

@@ -19,6 +19,11 @@ def _others(by_artist: dict, source: str):
 
 def effect(scores: dict, source: str) -> dict:
     """The figures an attenuation report compares: the source's style accuracy, the others', etc."""
+    if "nearest_source_acc" in scores:  # a run on its own data (govlab.eval.own_data)
+        by = scores.get("nearest_source_acc_by_source") or {}
+        return {"nearest_source_acc_source": by.get(source), "nearest_source_acc_others": _others(by, source),
+                "nearest_train_distance": scores.get("nearest_train_distance"),
+                "chance_nearest_source": scores.get("chance_nearest_source")}
     by = scores.get("style_acc_by_artist", {})
     return {"style_acc_source": by.get(source), "style_acc_others": _others(by, source),
             "shape_acc": scores.get("shape_acc"), "watermark_rate": scores.get("watermark_rate"),
@@ -30,7 +35,7 @@ def attenuate_run(run: str | Path, source: str, factor: float, out: str | Path, 
     the model, the config, scores, ``attenuation.json`` and a report of the effect."""
     from govlab.config import from_dict, read_yaml
     from govlab.data.cache import run_dataset
-    from govlab.eval.scores import score_model
+    from govlab.eval.own_data import score_data
     from govlab.models.diffusion import TextToImage
     from govlab.provenance.manifest import write_manifest
     from govlab.report import save_sample_grids
@@ -52,13 +57,11 @@ def attenuate_run(run: str | Path, source: str, factor: float, out: str | Path, 
         raise GovlabError(f"{run}: this model has no slots (train it with routing.mode: routed)")
     if source not in slots:
         raise GovlabError(f"{run}: no slot for source {source!r} (slots: {', '.join(slots)})")
-    sources = run_dataset(cfg, progress=progress).sources
-    e = cfg.eval
+    dataset = run_dataset(cfg, progress=progress)
     if (run / "scores.json").is_file():
         before = json.loads((run / "scores.json").read_text())["scores"]
     else:
-        before = score_model(model, sources, per_prompt=e.per_prompt, steps=e.steps, guidance=e.guidance,
-                             seed=cfg.train.seed)[0]
+        before = score_data(model, cfg, dataset)[0]
     layers = scale_slot(model, source, factor)
     out.parent.mkdir(parents=True, exist_ok=True)
     # built beside ``out`` and renamed into place once sealed: never a half-written run at ``out``,
@@ -70,8 +73,7 @@ def attenuate_run(run: str | Path, source: str, factor: float, out: str | Path, 
         if (run / "routing.json").is_file():
             shutil.copyfile(run / "routing.json", tmp / "routing.json")
         model.save(tmp / "model.safetensors")
-        after, images, probes = score_model(model, sources, per_prompt=e.per_prompt, steps=e.steps,
-                                            guidance=e.guidance, seed=cfg.train.seed)
+        after, images, probes = score_data(model, cfg, dataset)
         grids = save_sample_grids(images, probes, tmp)
         write_json(tmp / "scores.json", {"scores": after})
         result = {"run": str(out), "from": str(run), "source": source, "factor": factor, "layers": layers,
@@ -95,8 +97,11 @@ def write_report(out: Path, result: dict, grids: list[Path]) -> Path:
         f"From run `{result['from']}`: the slot of `{result['source']}` was scaled by {result['factor']} in "
         f"{result['layers']} layers (0 removes it); nothing else changed.", "",
         "| metric | before | after |", "| --- | --- | --- |", *rows, "",
-        f"`style_acc_source` is the style accuracy of `{result['source']}`'s prompts (chance "
-        f"{b['chance_style']}); `style_acc_others` the mean over the other artists.", "",
+        (f"`style_acc_source` is the style accuracy of `{result['source']}`'s prompts (chance "
+         f"{b['chance_style']}); `style_acc_others` the mean over the other artists." if "style_acc_source" in b else
+         f"`nearest_source_acc_source`: the share of generations from `{result['source']}`'s own captions whose "
+         f"nearest training image is `{result['source']}`'s (chance {b['chance_nearest_source']}); "
+         "`nearest_source_acc_others` the mean over the other sources (the run's own data, not the world)."), "",
         "## Samples after", "", *[f"![{p.stem}](samples/{p.name})" for p in grids], "",
     ]
     path = out / "report.md"
