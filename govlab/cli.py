@@ -105,6 +105,24 @@ def world(out: Path, preset: str = typer.Option("demo", help="Preset whose world
 
 
 @app.command()
+def tag(folder: Path,
+        taxonomy: Optional[Path] = typer.Option(None, help="Taxonomy YAML (default: the embedded world's)."),
+        encoder: Optional[Path] = typer.Option(None, help="Local CLIPModel/CLIPVisionModel folder (default: "
+                                               "the world's own encoder)."),
+        out: Optional[Path] = typer.Option(None, help="Tagged copy to write (default FOLDER-tagged)."),
+        source_from: str = typer.Option("auto", help="Source field: auto (url, then EXIF), url, exif, "
+                                        "folder:N, field:NAME or none."),
+        as_json: bool = JSON):
+    """Fill in categories, source_id, license and opt_out of an imagefolder into a tagged copy, with a review file."""
+    from govlab.tagging import tag_folder
+
+    r = tag_folder(folder, out, taxonomy=taxonomy, encoder=encoder, source_from=source_from, progress=not as_json)
+    emit(r, as_json, f"tagged copy: {r['out']}\nreview (lowest confidence first): {Path(r['out']) / 'review.jsonl'}\n"
+         f"sources: {r['sources']}\nsource evidence: {r['source_evidence']}\n"
+         f"category evidence: {r['category_evidence']}\nrows below 0.8 confidence: {r['low_confidence_rows']}")
+
+
+@app.command()
 def attenuate(run: Path, source: str = typer.Option(..., help="Source whose slot to scale."),
               factor: float = typer.Option(..., help="Scale of the slot's output; 0 removes it."),
               out: Path = typer.Option(..., help="New run directory to write."),

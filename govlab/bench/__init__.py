@@ -6,11 +6,12 @@ from govlab.bench.index import bench_index
 from govlab.bench.lineage import bench_lineage
 from govlab.bench.memorization import bench_memorization
 from govlab.bench.routing import bench_routing
+from govlab.bench.tagging import bench_tagging
 from govlab.bench.train import bench_train
 
 BENCHMARKS = {"train": bench_train, "routing": bench_routing, "lineage": bench_lineage,
               "explore": bench_explore, "memorization": bench_memorization,
-              "index": bench_index, "attribution": bench_attribution}
+              "index": bench_index, "attribution": bench_attribution, "tagging": bench_tagging}
 DEVICE_BENCHMARKS = ("train", "routing", "index", "memorization")  # those with --device and --preset
 
 __all__ = ["BENCHMARKS", "DEVICE_BENCHMARKS"]
