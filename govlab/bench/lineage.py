@@ -5,7 +5,7 @@ from __future__ import annotations
 from govlab.bench.train import interleaved
 from govlab.lineage.api import default_prompts, prompt_distances
 from govlab.lineage.features import get_extractor
-from govlab.lineage.study import accuracy, evaluate, zoo_boxes, zoo_features
+from govlab.lineage.study import accuracy, evaluate, split_accuracy, zoo_boxes, zoo_features
 from govlab.lineage.zoo import cached_zoo
 
 K, MODELS = 100, 8
@@ -14,9 +14,16 @@ K, MODELS = 100, 8
 K_MORE = 300
 
 
+def _split(verdicts) -> dict:
+    """``accuracy_finetunes``/``accuracy_null`` rounded, with their counts (right ones and group sizes)."""
+    return {k: round(v, 4) if k.startswith("accuracy") else v for k, v in split_accuracy(verdicts).items()}
+
+
 def bench_lineage(*, quick: bool = False) -> dict:
     """Median seconds of Isomap + JS for 8 models x k=100 features of one prompt; zoo accuracy at
-    k=100 and, without ``quick``, at k=300.
+    k=100 and, without ``quick``, at k=300: over all targets (``accuracy``), over the fine-tunes
+    alone (``accuracy_finetunes``, right base among ``n_finetunes``) and over the from-scratch
+    models alone (``accuracy_null``, NULL among ``n_scratch``).
 
     Samples and the zoo are cached, so only the first call pays for training and generation.
     """
@@ -36,10 +43,13 @@ def bench_lineage(*, quick: bool = False) -> dict:
             v = evaluate(zoo, feats_more, method=m)
             more[f"accuracy{suffix}_k{K_MORE}"] = round(accuracy(v), 4)
             more[f"wrong{suffix}_k{K_MORE}"] = [x.target for x in v if not x.correct]
+            more.update({f"{k}{suffix}_k{K_MORE}": val for k, val in _split(v).items() if "accuracy" in k})
+    split = {f"{k}{suffix}": val for m, suffix in (("gaussian", ""), ("knn", "_knn"))
+             for k, val in _split(verdicts[m]).items() if suffix == "" or not k.startswith("n_")}
     return {"distance_s": round(med["gaussian"], 4), "distance_knn_s": round(med["knn"], 4),
             "models": len(names), "k": K, "feature_dim": int(one[names[0]].shape[1]),
             "accuracy": round(accuracy(verdicts["gaussian"]), 4),
             "accuracy_knn": round(accuracy(verdicts["knn"]), 4),
-            "targets": len(verdicts["gaussian"]), "prompts": len(prompts),
+            "targets": len(verdicts["gaussian"]), "prompts": len(prompts), **split,
             "wrong": [v.target for v in verdicts["gaussian"] if not v.correct],
             "wrong_knn": [v.target for v in verdicts["knn"] if not v.correct], **more, "quick": quick}

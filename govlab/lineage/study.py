@@ -65,6 +65,19 @@ def accuracy(verdicts: list[Verdict]) -> float:
     return float(np.mean([v.correct for v in verdicts]))
 
 
+def split_accuracy(verdicts: list[Verdict]) -> dict:
+    """Accuracy on the fine-tunes (right base named) and on the from-scratch models (NULL), apart:
+    answering NULL always gets every from-scratch model right and no fine-tune.
+    ``{"accuracy_finetunes", "accuracy_null", "n_finetunes", "n_scratch", "right_finetunes", "right_null"}``
+    (an accuracy is NaN when its group is empty)."""
+    tuned = [v.correct for v in verdicts if v.expected is not None]
+    scratch = [v.correct for v in verdicts if v.expected is None]
+    return {"accuracy_finetunes": float(np.mean(tuned)) if tuned else float("nan"),
+            "accuracy_null": float(np.mean(scratch)) if scratch else float("nan"),
+            "n_finetunes": len(tuned), "n_scratch": len(scratch),
+            "right_finetunes": int(sum(tuned)), "right_null": int(sum(scratch))}
+
+
 def distance_table(verdicts: list[Verdict]) -> pd.DataFrame:
     """The paper's Table 1/3 shape: mean +- std (over prompts) distance of each target to each base.
 

@@ -1,4 +1,5 @@
 import json
+import math
 import time
 
 import numpy as np
@@ -259,3 +260,22 @@ def test_pool_hygiene_reports_none_where_the_pool_is_too_small_to_flag_a_pair():
     assert correlated_pairs({}, ["a", "b", "c"]) is None
     four = np.array([[0, .01, 1, 1], [.01, 0, 1, 1], [1, 1, 0, 1], [1, 1, 1, 0]])  # 6 distances: can flag
     assert correlated_bases(four, list("abcd")) == [("a", "b")]
+
+
+def test_split_accuracy_counts_finetunes_and_scratch_apart():
+    from govlab.lineage.decision import LineageResult
+    from govlab.lineage.study import Verdict, split_accuracy
+
+    def v(name, expected, base):
+        return Verdict(name, expected, LineageResult(decision="fine-tuned" if base else "NULL", base=base, votes=[],
+                                                     method="gaussian", tau=0.05))
+
+    # answering NULL everywhere: every from-scratch model right, no fine-tune
+    null = [v("a", "base_a", None), v("b", "base_b", None), v("o", None, None), v("p", None, None)]
+    assert split_accuracy(null) == {"accuracy_finetunes": 0.0, "accuracy_null": 1.0, "n_finetunes": 2,
+                                    "n_scratch": 2, "right_finetunes": 0, "right_null": 2}
+    mixed = [v("a", "base_a", "base_a"), v("b", "base_b", "base_a"), v("c", "base_c", None), v("o", None, "base_c")]
+    out = split_accuracy(mixed)
+    assert (out["accuracy_finetunes"], out["right_finetunes"], out["n_finetunes"]) == (pytest.approx(1 / 3), 1, 3)
+    assert (out["accuracy_null"], out["right_null"], out["n_scratch"]) == (0.0, 0, 1)
+    assert math.isnan(split_accuracy([v("a", "base_a", "base_a")])["accuracy_null"])
