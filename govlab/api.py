@@ -224,7 +224,7 @@ class DiffusersDenoiser(Denoiser):
             c, u = self.predict(xin, t, cond), self.predict(xin, t, null)
             x = sched.step(u + guidance * (c - u), t, x).prev_sample
         vc = self.vae.config
-        images = self.vae.decode(x / vc.scaling_factor + getattr(vc, "shift_factor", 0.0) * 0).sample
+        images = self.vae.decode(x / vc.scaling_factor + (getattr(vc, "shift_factor", None) or 0.0)).sample
         return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 

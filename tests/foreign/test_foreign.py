@@ -1,0 +1,108 @@
+"""Governance on a foreign diffusers loop: tiny random-weight pipelines built offline."""
+
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from govlab.errors import GovlabError
+
+
+@pytest.fixture(scope="session")
+def foreign(tmp_path_factory):
+    from datasets import load_dataset
+
+    from govlab.testing import build_tiny_pipeline, write_tiny_imagefolder
+
+    base = tmp_path_factory.mktemp("foreign")
+    data_dir = write_tiny_imagefolder(base / "data", 16)
+    pipes = {b: build_tiny_pipeline(base / b, b) for b in ("unet", "sd3")}
+    return types.SimpleNamespace(base=base, data_dir=data_dir, pipes=pipes,
+                                 data=load_dataset("imagefolder", data_dir=str(data_dir), split="train"))
+
+
+def test_import_is_cheap_and_lists_the_public_api():
+    code = "import sys, govlab; print(sorted(govlab.__all__)); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    names = eval(out[0])
+    for name in ("Governance", "Router", "RoutedAdamW", "ProvenanceWriter", "ProvenanceIndex", "MemorizationMonitor",
+                 "RoutingConfig", "ProvenanceConfig", "MemorizationConfig", "ExcludingSampler", "testing"):
+        assert name in names
+    assert out[1] == "False"
+    import govlab
+
+    assert govlab.Governance.__module__ == "govlab.api"
+
+
+def test_bands_derived_by_depth(foreign):
+    from govlab.bench.foreign import load
+    from govlab.routing.bands import assign, make_bands, model_presets
+
+    for b, n_kv in (("unet", 8), ("sd3", 16)):
+        den = load(foreign.pipes[b])[0]
+        bands = make_bands({"outer": "preset", "middle": "preset", "cross_attention": "preset"}, den)
+        owner = assign([n for n, _ in den.named_parameters()], bands)
+        counts = {k: sum(v == k for v in owner.values()) for k in ("outer", "middle", "cross_attention")}
+        assert all(counts.values()) and counts["cross_attention"] == n_kv  # weight and bias of K and V
+        assert not any(p.startswith("unet.") for band in model_presets(den).values() for p in band.patterns)
+    with pytest.raises(GovlabError, match="no diffusers UNet"):
+        make_bands({"outer": "preset"}, nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(GovlabError, match="matches no parameter"):
+        assign(["a.weight"], make_bands({"x": ["conv_*"]}, 1))
+
+
+def test_sequestered_category_without_a_band_is_refused(foreign):
+    from govlab.api import Governance, GovernanceConfig, foreign_routing
+    from govlab.bench.foreign import load
+
+    den = load(foreign.pipes["unet"])[0]
+    cfg = GovernanceConfig(routing=foreign_routing(sequester_targets=()), provenance=None, memorization=None)
+    with pytest.raises(GovlabError, match="sequestered category 'identity'"):
+        Governance(den, foreign.data, foreign.base / "x", config=cfg)
+
+
+def test_record_without_source_id_is_refused(foreign):
+    from govlab.api import Governance
+
+    with pytest.raises(GovlabError, match="source_id"):
+        Governance(nn.Linear(2, 2), [{"caption": "a", "categories": ["style"]}], foreign.base / "y")
+
+
+@pytest.mark.parametrize("backbone", ["unet", "sd3"])
+def test_routing_exact_on_foreign_denoisers(foreign, backbone):
+    from govlab.bench.foreign import routing_exact
+
+    assert routing_exact(foreign.pipes[backbone], foreign.data, list(range(8))) <= 1e-5
+
+
+def test_detectors_on_latent_flow_model_and_a_text_encoder_without_hidden_states(foreign):
+    from govlab.api import DiffusersDenoiser
+    from govlab.bench.foreign import detectors_ok, load
+
+    assert detectors_ok(foreign.pipes["sd3"], foreign.data, [0, 1, 2, 3])
+    den, text, tok, vae, sched = load(foreign.pipes["unet"])
+    no_hidden = lambda ids, **kw: types.SimpleNamespace(pooler_output=torch.zeros(len(ids), 32))  # noqa: E731
+    with pytest.raises(GovlabError, match="no hidden states"):
+        DiffusersDenoiser(den, no_hidden, tok, sched, vae).encode(["a red circle"])
+
+
+def test_governed_example_is_ten_lines_and_resumes_exactly(foreign):
+    from govlab.bench.foreign import changed_lines, resume_equal
+
+    assert changed_lines() <= 10
+    assert resume_equal(foreign.pipes["unet"], foreign.data_dir, foreign.base / "resume")
+
+
+def test_resume_with_state_of_another_config_is_refused(foreign):
+    from govlab.api import Governance, GovernanceConfig
+    from govlab.bench.foreign import load
+
+    den = load(foreign.pipes["unet"])[0]
+    a = Governance(den, foreign.data, foreign.base / "a", config=GovernanceConfig(memorization=None))
+    b = Governance(load(foreign.pipes["unet"])[0], foreign.data, foreign.base / "b",
+                   config=GovernanceConfig(memorization=None, name="other"))
+    with pytest.raises(GovlabError, match="another governance config"):
+        b.load_state_dict(a.state_dict())
