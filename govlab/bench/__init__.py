@@ -2,6 +2,7 @@
 
 from govlab.bench.attribution import bench_attribution
 from govlab.bench.explore import bench_explore
+from govlab.bench.foreign import bench_foreign
 from govlab.bench.index import bench_index
 from govlab.bench.lineage import bench_lineage
 from govlab.bench.memorization import bench_memorization
@@ -11,7 +12,8 @@ from govlab.bench.train import bench_train
 
 BENCHMARKS = {"train": bench_train, "routing": bench_routing, "lineage": bench_lineage,
               "explore": bench_explore, "memorization": bench_memorization,
-              "index": bench_index, "attribution": bench_attribution, "tagging": bench_tagging}
+              "index": bench_index, "attribution": bench_attribution, "tagging": bench_tagging,
+              "foreign": bench_foreign}
 DEVICE_BENCHMARKS = ("train", "routing", "index", "memorization")  # those with --device and --preset
 
 __all__ = ["BENCHMARKS", "DEVICE_BENCHMARKS"]
