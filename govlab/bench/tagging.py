@@ -7,11 +7,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from collections import Counter
+
 import numpy as np
 
 from govlab.config import load_config
 from govlab.data.cache import world_dir
 from govlab.data.world import CATEGORIES
+
+
+UNSEEN = "artist_5"
 
 
 def mean_ci(hits, *, seed: int = 0) -> tuple[float, list[float]]:
@@ -39,10 +44,26 @@ def compare(truth: list[dict], got: list[dict]) -> dict:
     out["license_agreement"], out["license_agreement_ci"] = mean_ci(
         [t["license"] == g["license"] for t, g in zip(truth, got)])
     for c in ("identity", "watermark"):
+        out[f"{c}_records"] = sum(c in t["categories"] for t in truth)
         out[f"{c}_recall"], out[f"{c}_recall_ci"] = mean_ci(
             [c in g["categories"] for t, g in zip(truth, got) if c in t["categories"]])
         out[f"{c}_precision"], out[f"{c}_precision_ci"] = mean_ci(
             [c in t["categories"] for t, g in zip(truth, got) if c in g["categories"]])
+    return out
+
+
+def without_source(source: str, out: Path) -> Path:
+    """The world taxonomy less one source's entry (its exemplars too): a source the user has none of."""
+    import yaml
+
+    from govlab.tagging.taxonomy import WORLD_TAXONOMY
+
+    spec = yaml.safe_load(WORLD_TAXONOMY.read_text())
+    del spec["sources"][source]
+    for rule in [*spec["categories"].values(), *spec["sources"].values()]:
+        if rule and "exemplars" in rule:
+            rule["exemplars"] = str(WORLD_TAXONOMY.parent / rule["exemplars"])
+    out.write_text(yaml.safe_dump(spec))
     return out
 
 
@@ -54,7 +75,9 @@ def bench_tagging(*, quick: bool = False) -> dict:
     """Tag the world (``smoke`` preset's with ``quick``, else ``demo``'s) from images and captions
     alone, with the default taxonomy, its exemplars and the world's encoder. The headline figures come
     from captions stripped of every word naming a source, the stock agency or a person (only the
-    images tell those); ``with_cues`` repeats them with the captions as written."""
+    images tell those); ``with_cues`` repeats them with the captions as written; ``unseen_source_*``
+    tags the same folder with a taxonomy that lacks ``artist_5`` (no exemplars of it): the share of its
+    images set apart as an unknown origin, and the sources they were given."""
     from govlab.tagging import tag_folder
     from govlab.tagging.world import hide_labels
 
@@ -71,6 +94,16 @@ def bench_tagging(*, quick: bool = False) -> dict:
             figures = compare(truth, _read(Path(tmp) / f"out{int(cues)}" / "metadata.jsonl"))
             figures |= {"seconds": round(seconds, 3), "source_evidence": summary["source_evidence"],
                         "low_confidence_rows": summary["low_confidence_rows"]}
+            if not cues:  # the same folder, with no exemplars of one artist: is it set apart?
+                tax = without_source(UNSEEN, Path(tmp) / "unseen.yaml")
+                tag_folder(src, Path(tmp) / "unseen", taxonomy=tax, progress=False)
+                pairs = list(zip(truth, _read(Path(tmp) / "unseen" / "metadata.jsonl")))
+                got = [g["source_id"] for t, g in pairs if t["source_id"] == UNSEEN]
+                result["unseen_source_flagged"], result["unseen_source_flagged_ci"] = mean_ci(
+                    [s.startswith("unknown_") for s in got])
+                result["known_sources_flagged"], result["known_sources_flagged_ci"] = mean_ci(
+                    [g["source_id"].startswith("unknown_") for t, g in pairs if t["source_id"] != UNSEEN])
+                result["unseen_source_assigned"] = dict(Counter(got).most_common(3))
             if cues:
                 result["with_cues"] = {k: figures[k] for k in ("agreement", "source_agreement", "identity_recall",
                                                               "watermark_recall", "seconds")}

@@ -3,9 +3,9 @@
 Evidence, strongest first: what the record already says (kept as it is); a source field (URL domain,
 EXIF artist/copyright, a folder level); the taxonomy's caption patterns; embedding rules for what
 captions do not say (a linear classifier on the encoder's embeddings per category, fitted on its
-exemplars, and one over the exemplars of the known sources); else one source per unique origin (a
-cluster of embeddings far from every source exemplar, or, with no source exemplars, each distinct
-image). Every assigned value is listed with its evidence and confidence in ``review.jsonl``.
+exemplars; for sources, clusters of the embeddings matched to the exemplars of known sources, and a
+linear classifier over those exemplars); else one source per unique origin (a cluster far from every
+known source, or, with no source exemplars, each distinct image). Every assigned value is listed with its evidence and confidence in ``review.jsonl``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.cluster import AgglomerativeClustering
+from sklearn.cluster import KMeans
+from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import NearestNeighbors
 from tqdm.auto import tqdm
 
 from govlab.data.world import CATEGORIES
@@ -36,8 +36,8 @@ from govlab.tagging.taxonomy import Taxonomy, load_taxonomy
 
 FIELDS = ("categories", "source_id", "license", "opt_out")
 REVIEW, SUMMARY = "review.jsonl", "tag.json"
-NOVELTY = 2.0  # an image is of no known source when its distance to the nearest source exemplar
-#                exceeds this many times the exemplars' own 95th-percentile nearest-neighbour spacing
+NOVELTY = 2.0  # a cluster is of no known source when its median distance to the nearest source
+#                exceeds this many times the 99th percentile of the exemplars' own distances
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Tagger:
         self.taxonomy, self.encoder = taxonomy, encoder
         self.source_from, self.seed = check_mode(source_from), seed
         self.classifiers: dict[str, object] = {}
-        self.source_clf = self.nn = self.spacing = None
+        self.source_clf = self.whiten = self.spacing = None
 
     def fit(self) -> "Tagger":
         rules = [*self.taxonomy.categories.values(), *self.taxonomy.sources.values()]
@@ -84,9 +84,13 @@ class Tagger:
                 self.source_clf = LogisticRegression(max_iter=5000).fit(x[idx], labels)
             else:
                 self.source_clf = _Constant(labels[0])
-            self.nn = NearestNeighbors(n_neighbors=min(2, len(idx))).fit(x[idx])
-            d, _ = self.nn.kneighbors(x[idx])
-            self.spacing = float(np.quantile(d[:, -1], 0.95)) or 1e-6
+            names = sorted(set(labels))
+            if len(idx) > len(names) + 1:  # a within-source covariance needs more exemplars than sources
+                of = np.array([names.index(s) for s in labels])
+                self.means = np.stack([x[idx][of == j].mean(0) for j in range(len(names))])
+                self.covariance = LedoitWolf().fit(x[idx] - self.means[of])
+                self.whiten = np.linalg.cholesky(self.covariance.precision_)  # |z - z'|^2 = Mahalanobis^2
+                self.spacing = float(np.quantile(self._distance(x[idx]), 0.99)) or 1e-6
         return self
 
     # -- tagging ------------------------------------------------------------------------------
@@ -166,10 +170,13 @@ class Tagger:
         return out, rows, summary
 
     def _sources_by_embedding(self, records, images, x, src) -> None:
-        """Sources of the records nothing else named: each image goes to the known source whose
-        exemplars a linear classifier on the embeddings finds it nearest, unless it lies farther from
-        every source exemplar than they lie from one another; such images are clustered, and each
-        cluster is one unknown origin. With no source exemplars, each distinct image is its own origin."""
+        """Sources of the records nothing else named. The images are clustered in the encoder's space
+        whitened by the exemplars' within-source covariance (where the differences between sources
+        count, and those within one, such as shape and layout, do not); a cluster whose median
+        Mahalanobis distance to the nearest source's exemplar mean exceeds ``NOVELTY`` times the
+        exemplars' own 99th percentile is one unknown origin. Every other image goes to the source a
+        linear classifier fitted on the source exemplars gives it. With no source exemplars, each
+        distinct image is its own origin."""
         todo = [i for i, s in enumerate(src) if s is None]
         if not todo:
             return
@@ -181,28 +188,33 @@ class Tagger:
             return
         proba = self.source_clf.predict_proba(x[todo])
         classes = list(self.source_clf.classes_)
-        near = self.nn.kneighbors(x[todo], n_neighbors=1)[0][:, 0]
-        limit = NOVELTY * self.spacing
-        novel = [i for i, d in zip(todo, near) if d > limit]
-        if len(novel) >= 2:
-            groups = AgglomerativeClustering(n_clusters=None, distance_threshold=limit,
-                                             linkage="average").fit_predict(x[novel])
-        else:
-            groups = [0] * len(novel)
-        group = dict(zip(novel, groups))
-        size = Counter(groups)
+        novel: dict[int, str] = {}
+        if self.whiten is not None:
+            dist = self._distance(x[todo])
+            z = x[todo] @ self.whiten
+            k = min(len(todo), 2 * len(classes) + 2)
+            labels = KMeans(n_clusters=k, n_init=4, random_state=self.seed).fit_predict(z)
+            for cl in range(k):
+                members = np.flatnonzero(labels == cl)
+                med = float(np.median(dist[members]))
+                if len(members) and med > NOVELTY * self.spacing:
+                    for j in members:
+                        novel[j] = (f"unknown_{cl}", f"no source field, caption pattern or exemplar match: embedding "
+                                    f"cluster {cl} ({len(members)} images, median distance {med:.0f} to the nearest "
+                                    f"source's exemplars > {NOVELTY * self.spacing:.0f}) is one unknown origin")
         for j, i in enumerate(todo):
-            if i in group:
-                g = int(group[i])
-                src[i] = (f"unknown_{g}", 0.5, "origin",
-                          f"no source field, caption pattern or exemplar match (nearest source exemplar at "
-                          f"{near[j]:.2f} > {limit:.2f}): embedding cluster {g} of {size[g]} images is one unknown origin")
+            if j in novel:
+                src[i] = (novel[j][0], 0.5, "origin", novel[j][1])
             else:
                 k = int(proba[j].argmax())
                 runner = sorted(zip(proba[j], classes))[-2] if len(classes) > 1 else (0.0, "-")
                 src[i] = (classes[k], float(proba[j, k]), "embedding",
                           f"embedding: nearest to {classes[k]}'s exemplars (p={proba[j, k]:.3f}; next "
-                          f"{runner[1]} p={runner[0]:.3f}; exemplar distance {near[j]:.2f})")
+                          f"{runner[1]} p={runner[0]:.3f})")
+
+    def _distance(self, x: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance (within-source covariance) to the nearest source's exemplar mean."""
+        return np.stack([self.covariance.mahalanobis(x - m) for m in self.means], 1).min(1)
 
 
 class _Constant:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from govlab.bench.tagging import compare
+from govlab.bench.tagging import compare, without_source
 from govlab.data.dataset import load_dataset
 from govlab.data.world import CATEGORIES
 from govlab.errors import GovlabError
@@ -130,23 +130,19 @@ def test_sources_from_fields_and_one_per_unique_origin(tmp_path):
     assert got == {"a/x.png": "a", "a/y.png": "a", "b/z.png": "given_src", "b/w.png": "b"}
 
 
-def test_images_of_no_known_source_form_an_unknown_origin(smoke_world, tmp_path):
-    """Images far from every exemplar in the encoder's space (saturated flat colour fields, unlike any
-    palette of the world) are not forced onto a known source. (This encoder does not set apart an unseen
-    artist among known ones: docs/tagging.md.)"""
-    src = hide_labels(smoke_world, tmp_path / "in", cues=False)
-    extra = []
-    colours = [(143, 239, 71), (208, 171, 0), (216, 44, 22), (220, 5, 138), (0, 255, 0), (255, 0, 255)]
-    for i, colour in enumerate(colours):
-        Image.new("RGB", (16, 16), colour).save(src / "images" / f"noise{i}.png")
-        extra.append(json.dumps({"file_name": f"images/noise{i}.png", "caption": "a red circle center"}) + "\n")
-    with open(src / "metadata.jsonl", "a") as f:
-        f.writelines(extra)
-    tag_folder(src, tmp_path / "out", progress=False)
+def test_a_source_without_exemplars_is_an_unknown_origin(tagged_blind, truth, tmp_path):
+    """With no exemplars of artist_5, its images are set apart as unknown origins, not given to a
+    known artist; no other image is."""
+    src, _, _ = tagged_blind
+    tax = without_source("artist_5", tmp_path / "tax.yaml")
+    summary = tag_folder(src, tmp_path / "out", taxonomy=tax, progress=False)
     got = read(tmp_path / "out" / "metadata.jsonl")
-    noise = {g["source_id"] for g in got if g["file_name"].startswith("images/noise")}
-    assert all(s.startswith("unknown_") for s in noise), noise
-    assert sum(g["source_id"].startswith("unknown_") for g in got) == 6  # and no world image
+    unknown = [g["source_id"].startswith("unknown_") for g in got]
+    assert unknown == [t["source_id"] == "artist_5" for t in truth]
+    assert summary["source_evidence"]["origin"] == sum(unknown) > 0
+    review = [r for r in read(tmp_path / "out" / "review.jsonl") if r["field"] == "source_id"]
+    assert sum("is one unknown origin" in r["evidence"] for r in review) == sum(unknown)
+    assert not any("style" in g["categories"] for g, u in zip(got, unknown) if u)  # nothing says it is an artist
 
 
 def test_shipped_exemplars_are_the_held_out_world_s(tmp_path):
