@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from scipy import stats
 
 from govlab.errors import GovlabError
 from govlab.provenance.writer import FORMAT, INDEX, PARTS
 
 REQUIRED_VARS = ("grad_norm_sq", "update_share", "steps_seen")
+SHARES = ("grad_norm_sq", "update_share")  # estimated in a sampled index, with ``*_se``
+
+
+def quantile95(drawn: int) -> float:
+    """The multiple of the standard error that makes a two-sided 95% interval of an estimate from
+    ``drawn`` randomly drawn steps: Student's t with ``drawn - 1`` degrees of freedom (the variance
+    comes from those few steps; the normal 1.96 covers less than 95% of them)."""
+    return float(stats.t.ppf(0.975, max(int(drawn) - 1, 1)))
 
 
 def _load(path: Path) -> xr.Dataset:
@@ -43,6 +53,21 @@ def check(ds: xr.Dataset, where: Path) -> xr.Dataset:
     if ds.attrs.get("granularity") != {"source": "cohort", "sample": "sample"}[dim]:
         raise GovlabError(f"{where}: attribute 'granularity' is {ds.attrs.get('granularity')!r}, but the "
                           f"index is laid out per {dim}")
+    mode = ds.attrs.get("mode", "exact")  # an index from before the sampled mode is exact
+    if mode not in ("exact", "sampled"):
+        raise GovlabError(f"{where}: attribute 'mode' is {mode!r}, expected 'exact' or 'sampled'")
+    if mode == "sampled":
+        rate = ds.attrs.get("sample_rate")
+        if not isinstance(rate, (float, np.floating)) or not 0.0 < rate <= 1.0:
+            raise GovlabError(f"{where}: a sampled provenance index needs attribute 'sample_rate' in (0, 1], "
+                              f"got {rate!r}")
+        for var in ("grad_norm_sq_se", "update_share_se"):
+            if var not in ds or ds[var].dims != (dim, "band", "checkpoint"):
+                raise GovlabError(f"{where}: sampled provenance index lacks variable {var!r} "
+                                  f"({dim}, band, checkpoint)")
+        for var, dims in (("loss_weight", (dim, "checkpoint")), ("steps_drawn", ("checkpoint",))):
+            if ds.get(var, xr.DataArray()).dims != dims:
+                raise GovlabError(f"{where}: sampled provenance index lacks variable {var!r} ({', '.join(dims)})")
     for attr in ("bands_json", *(["sources_json"] if "sources_json" in ds.attrs else [])):
         try:
             json.loads(ds.attrs[attr])
@@ -77,8 +102,14 @@ class ProvenanceIndex:
     @classmethod
     def open(cls, run: str | Path, *, check_model: bool = True) -> "ProvenanceIndex":
         """Open ``RUN/index.nc`` (or the per-sample parts); with ``check_model`` the index must
-        match the run's model (structure hash) and config (hash)."""
+        match the run's model (structure hash) and config (hash). Given the ``index.nc`` file
+        itself, its folder is the run."""
         run = Path(run)
+        if run.is_file():
+            if run.name != INDEX:
+                raise GovlabError(f"{run}: a file; ProvenanceIndex.open takes a run folder (holding {INDEX} "
+                                  f"or {PARTS}/) or its {INDEX}")
+            run = run.parent
         path = run / INDEX
         parts = sorted((p for p in (run / PARTS).glob("step_*.nc") if p.stem[5:].isdigit()),
                        key=lambda p: int(p.stem[5:]))
@@ -102,6 +133,10 @@ class ProvenanceIndex:
         from govlab.provenance.writer import model_hash
 
         cfg = from_dict(read_yaml(run / "config.yaml"), where=str(run / "config.yaml"))
+        if "mode" not in ds.attrs and not read_yaml(run / "config.yaml").get("provenance", {}).get("mode"):
+            # written before the sampled mode existed: an exact index, and a config.yaml without the
+            # setting (which now reads as sampled); the hash it was written under is the exact one
+            cfg = replace(cfg, provenance=replace(cfg.provenance, mode="exact"))
         if ds.attrs.get("config_hash") != cfg.hash():
             raise GovlabError(f"{where}: index written for config {ds.attrs.get('config_hash')}, "
                               f"the run's config.yaml is {cfg.hash()}")
@@ -119,6 +154,15 @@ class ProvenanceIndex:
         return json.loads(self.ds.attrs["bands_json"])
 
     @property
+    def mode(self) -> str:
+        """``exact`` (the shares of every step) or ``sampled`` (estimates with standard errors)."""
+        return self.ds.attrs.get("mode", "exact")
+
+    @property
+    def sample_rate(self) -> float:
+        return float(self.ds.attrs.get("sample_rate", 1.0)) if self.mode == "sampled" else 1.0
+
+    @property
     def sources(self) -> list[str]:
         """Every source of the run's data, also those with no rows in a per-sample index (rejected
         at ingestion)."""
@@ -132,14 +176,27 @@ class ProvenanceIndex:
         """The figures per source; zeros for a source without rows. From a per-sample index: the
         samples' ``update_share`` summed by source (exact), ``steps_seen`` as recorded per source,
         and ``grad_norm_sq`` the sum of the samples' squared norms, which is not the squared norm
-        of the source's share (that needs a cohort index; zero exactly when every sample's is)."""
-        ds = self.ds[list(REQUIRED_VARS)]
+        of the source's share (that needs a cohort index; zero exactly when every sample's is).
+        A sampled index adds ``*_se`` and ``loss_weight``; per sample summed by source, the standard
+        error is the sum of the samples' (an upper bound: they share the sampled steps)."""
+        extra = [f"{k}_se" for k in SHARES] + ["loss_weight"] if self.mode == "sampled" else []
+        ds = self.ds[[*REQUIRED_VARS, *extra]]
         if self.dim == "sample":
-            summed = ds[["grad_norm_sq", "update_share"]]
+            summed = ds[[*SHARES, *extra]]
             ds = summed.groupby(self.ds["source_id"].rename("source")).sum().reindex(source=self.sources,
                                                                                     fill_value=0)
             ds["steps_seen"] = self.ds["source_steps_seen"].reindex(source=self.sources, fill_value=0)
         return ds
+
+    def _interval(self, ds: xr.Dataset, var: str) -> dict:
+        """``var``'s total over the checkpoints, its standard error and 95% interval (the
+        intervals' errors are uncorrelated, so their variances add); {} in an exact index."""
+        if self.mode != "sampled":
+            return {}
+        value = float(ds[var].sum("checkpoint"))
+        se = float(np.sqrt((ds[f"{var}_se"] ** 2).sum("checkpoint")))
+        q = quantile95(self.ds["steps_drawn"].sum())
+        return {f"{var}_se": se, f"{var}_ci95": [value - q * se, value + q * se]}
 
     def _source(self, source: str) -> None:
         if source not in self.sources:
@@ -163,12 +220,19 @@ class ProvenanceIndex:
         self._source(source)
         ds, sh = self.by_source().sel(source=source), self.shares().sel(source=source)
         steps = [int(c) for c in self.ds["checkpoint"].values]
-        return {"source": source, "checkpoints": steps,
+        return {"source": source, "checkpoints": steps, **self._estimated(),
                 "steps_seen": [int(v) for v in ds["steps_seen"].values],
                 "bands": {str(b): {"grad_norm_sq": float(ds["grad_norm_sq"].sel(band=b).sum()),
                                    "update_share": float(ds["update_share"].sel(band=b).sum()),
+                                   **{k: v for var in SHARES for k, v in self._interval(ds.sel(band=b), var).items()},
                                    "share_over_time": [round(float(v), 6) for v in sh.sel(band=b).values]}
                           for b in self.ds["band"].values}}
+
+    def _estimated(self) -> dict:
+        """How the figures were made (a sampled index: estimates with a 95% interval)."""
+        if self.mode != "sampled":
+            return {}
+        return {"mode": "sampled", "sample_rate": self.sample_rate}
 
     def sources_of(self, band: str) -> dict:
         """Which sources influenced ``band``, ranked by their total share of its update."""
@@ -178,10 +242,11 @@ class ProvenanceIndex:
         total = float(u.sum())
         rows = [{"source": str(s), "grad_norm_sq": float(ds["grad_norm_sq"].sel(source=s).sum()),
                  "update_share": float(u.sel(source=s)),
-                 "share": float(u.sel(source=s)) / total if total else 0.0}
+                 "share": float(u.sel(source=s)) / total if total else 0.0,
+                 **{k: v for var in SHARES for k, v in self._interval(ds.sel(source=s), var).items()}}
                 for s in ds["source"].values]
         rows.sort(key=lambda r: (-r["share"], r["source"]))
-        return {"band": band, "sources": rows}
+        return {"band": band, **self._estimated(), "sources": rows}
 
     def cell(self, source: str, band: str) -> dict:
         """One source in one band, per checkpoint."""
@@ -190,23 +255,43 @@ class ProvenanceIndex:
         ds = self.by_source().sel(source=source, band=band)
         return {"source": source, "band": band, "checkpoints": [int(c) for c in self.ds["checkpoint"].values],
                 "grad_norm_sq": [float(v) for v in ds["grad_norm_sq"].values],
-                "update_share": [float(v) for v in ds["update_share"].values]}
+                "update_share": [float(v) for v in ds["update_share"].values], **self._estimated(),
+                **({f"{k}_se": [float(v) for v in ds[f"{k}_se"].values] for k in SHARES}
+                   if self.mode == "sampled" else {})}
 
     def summary(self) -> dict:
         """Total squared gradient norm per source and band."""
-        g = self.by_source()["grad_norm_sq"].sum("checkpoint")
-        return {"granularity": self.ds.attrs["granularity"], "checkpoints": [int(c) for c in self.ds["checkpoint"].values],
-                "grad_norm_sq": {str(s): {str(b): float(g.sel(source=s, band=b)) for b in g["band"].values}
-                                 for s in g["source"].values}}
+        ds = self.by_source()
+        g = ds["grad_norm_sq"].sum("checkpoint")
+        out = {"granularity": self.ds.attrs["granularity"], "checkpoints": [int(c) for c in self.ds["checkpoint"].values],
+               "grad_norm_sq": {str(s): {str(b): float(g.sel(source=s, band=b)) for b in g["band"].values}
+                                for s in g["source"].values}, **self._estimated()}
+        if self.mode == "sampled":
+            se = np.sqrt((ds["grad_norm_sq_se"] ** 2).sum("checkpoint"))
+            out["grad_norm_sq_se"] = {str(s): {str(b): float(se.sel(source=s, band=b)) for b in se["band"].values}
+                                      for s in se["source"].values}
+        return out
 
     def zero_since(self, source: str, since: int) -> dict:
         """The proof that ``source`` had no share of any gradient from step ``since`` on: the
-        largest ``grad_norm_sq`` over the checkpoint intervals that start at or after ``since``."""
+        largest ``grad_norm_sq`` over the checkpoint intervals that start at or after ``since``.
+
+        It is exact in a sampled index too: there ``loss_weight``, the sum of the loss weights of
+        the source's rows, is recorded at every step, sampled or not. Where it is 0 over an
+        interval, each of the source's rows had weight 0 (or it had none), so its share of every
+        step's gradient was exactly 0, and so are the estimate and its standard error (sums of
+        exact zeros); ``zero_influence`` then needs both to be 0."""
         self._source(source)
         steps = [int(c) for c in self.ds["checkpoint"].values]
         starts = [0, *steps[:-1]]
         after = [c for c, s in zip(steps, starts) if s >= since]
-        g = self.by_source()["grad_norm_sq"].sel(source=source)
-        worst = float(np.max(g.sel(checkpoint=after).values)) if after else None
-        return {"source": source, "since": since, "checkpoints": after, "max_grad_norm_sq": worst,
-                "zero_influence": worst == 0.0 if after else None}
+        ds = self.by_source().sel(source=source)
+        worst = float(np.max(ds["grad_norm_sq"].sel(checkpoint=after).values)) if after else None
+        out = {"source": source, "since": since, "checkpoints": after, "max_grad_norm_sq": worst,
+               "zero_influence": worst == 0.0 if after else None}
+        if self.mode == "sampled":
+            weight = float(ds["loss_weight"].sel(checkpoint=after).sum()) if after else None
+            se = float(np.max(ds["grad_norm_sq_se"].sel(checkpoint=after).values)) if after else None
+            out.update(mode="sampled", loss_weight=weight, max_grad_norm_sq_se=se,
+                       zero_influence=(worst == 0.0 and se == 0.0 and weight == 0.0) if after else None)
+        return out

@@ -156,9 +156,12 @@ class LayerShares:
     its band: their rows of the output gradient are kept, the others zeroed. The router's own ops
     then only pass input gradients (the parameters are frozen for the backward), and each
     parameter's gradient, the sum of its shares, is the routed gradient.
+
+    ``persistent``: the layer hooks stay on the model between steps; otherwise they are put on by
+    ``begin`` and taken off by ``finish``, so a step without ``begin`` runs no hook at all.
     """
 
-    def __init__(self, model: nn.Module, params: list[torch.Tensor], router=None):
+    def __init__(self, model: nn.Module, params: list[torch.Tensor], router=None, *, persistent: bool = True):
         self.model, self.router, self.active = model, router, False
         offsets, start = {}, 0
         for p in params:
@@ -175,15 +178,28 @@ class LayerShares:
         layers = [m for m in model.unet.modules() if type(m) in LAYERS and list(m.parameters(recurse=False))]
         unet_banks = [bank for bank in banks(model) if bank.target_name != "text"]
         self.unet_params = [p for m in (*layers, *unet_banks) for p in m.parameters() if id(p) in offsets]
-        self.handles = [h for m in layers for h in (m.register_forward_pre_hook(self._input_hook),
-                                                    m.register_forward_hook(self._layer_hook))]
-        self.handles += [bank.register_forward_hook(self._bank_hook) for bank in unet_banks]
-        self.handles += [model.text.register_forward_pre_hook(self._tokens_hook, prepend=True),
-                         model.text.register_forward_hook(self._text_hook)]
+        self.layers, self.unet_banks, self.persistent, self.handles = layers, unet_banks, persistent, []
+        if persistent:
+            self._attach()
+
+    def _attach(self) -> None:
+        if self.handles:
+            return
+        self.handles = [h for m in self.layers for h in (m.register_forward_pre_hook(self._input_hook),
+                                                         m.register_forward_hook(self._layer_hook))]
+        self.handles += [bank.register_forward_hook(self._bank_hook) for bank in self.unet_banks]
+        self.handles += [self.model.text.register_forward_pre_hook(self._tokens_hook, prepend=True),
+                         self.model.text.register_forward_hook(self._text_hook)]
+
+    def _detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
 
     def begin(self, slices: list, group_of_row: torch.Tensor) -> None:
         """Catch the next forward and backward: ``slices`` are the groups' rows (slices of a batch
         sorted by group, or index tensors), ``group_of_row`` the group of each row."""
+        self._attach()
         self.slices, self.rows, self.active, self.tokens = slices, group_of_row, True, None
         first = self.unet_params[0]
         self.onehot = F.one_hot(group_of_row, len(slices)).t().to(first.device, first.dtype)  # groups x batch
@@ -319,6 +335,8 @@ class LayerShares:
         Clone either to keep it."""
         self.active = False
         self._unfreeze()
+        if not self.persistent:
+            self._detach()
         if self.tokens is not None and self.caption_params:  # the caption path took part
             for name, per_row in self._caption_per_sample().items():
                 p = self.caption_params[name]
@@ -345,5 +363,4 @@ class LayerShares:
 
     def remove(self) -> None:
         self._unfreeze()
-        for h in self.handles:
-            h.remove()
+        self._detach()

@@ -11,6 +11,22 @@ The shares come from the step's own backward (``govlab.provenance.layers``), rou
 for a model that path does not support (a layer type the hooks do not cover, or UNet slots with
 triggers), from one extra backward per group in the batch (exact, slower). A per-sample index
 also counts ``source_steps_seen``: the steps each source took part in.
+
+Sampled mode (the default) computes the shares on the first ``exact_first`` steps and then only on
+a seeded random subset of steps: step ``t`` with probability ``p_t`` (1 for the first steps, then
+``sample_rate``), independently. Every step records the exact counts (``steps_seen``,
+``samples_seen``) and each group's loss weight ``x_t`` (the sum of its rows' loss weights,
+``loss_weight``); a figure ``y_t`` of a computed step enters as ``(y_t - b_t x_t) / p_t`` and every
+step adds ``b_t x_t`` (Horvitz-Thompson with a control variate), where ``b_t`` is the ratio of the
+group's computed ``y`` to its ``x`` over the steps before ``t``, older steps decayed by ``DECAY``
+each: any ``b_t`` fixed before step ``t`` is drawn leaves the estimate unbiased, since the index
+does not change the training. The variance of the total is estimated by the sum over computed steps
+of ``(1 - p_t) / p_t^2 (y_t - b_t x_t)^2`` (unbiased), or, where larger, by a model-based estimate
+that counts every step (``_finish_variance``); ``*_se`` is its root, and ``steps_drawn`` counts the
+randomly drawn steps, the degrees of freedom of its interval.
+A group whose rows all carry loss weight 0 in a step (none in the batch, or zero-weighted by an
+opt-out) has ``y_t = x_t = 0`` exactly, so its estimate and standard error are exactly 0 over any
+interval of such steps, sampled or not.
 """
 
 from __future__ import annotations
@@ -35,6 +51,23 @@ INDEX = "index.nc"
 PARTS = "index.parts"  # per-sample granularity: one file per checkpoint
 FORMAT = "govlab-provenance-1"
 FIGURES = ("grad_norm_sq", "update_share", "steps_seen", "samples_seen")  # accumulated per row
+SHARES = ("grad_norm_sq", "update_share")  # the figures from the per-group shares (estimated when sampled)
+ESTIMATOR = ("Horvitz-Thompson over independently sampled steps, with the group's loss weight as a "
+             "control variate (decayed ratio of the earlier computed steps)")
+DECAY = 0.9  # weight of the control variate's ratio's older steps, per computed step
+
+
+def inclusion(cfg: ProvenanceConfig, step: int) -> float:
+    """The probability that a sampled writer computes the shares at ``step``."""
+    return 1.0 if step < cfg.exact_first else cfg.sample_rate
+
+
+def step_sampled(cfg: ProvenanceConfig, step: int) -> bool:
+    """Whether a sampled writer computes the exact shares at ``step``: an independent draw with
+    probability ``inclusion(cfg, step)`` from a generator seeded by ``(sample_seed, step)`` (a
+    resumed run draws the same steps)."""
+    rate = inclusion(cfg, step)
+    return rate >= 1.0 or bool(np.random.default_rng((cfg.sample_seed, step)).random() < rate)
 
 
 def model_hash(model: torch.nn.Module) -> str:
@@ -49,7 +82,7 @@ def band_of_params(model: torch.nn.Module, routing_cfg) -> dict[str, str]:
 
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     base = [n for n in names if not n.startswith(SLOTS_ATTR + ".")]
-    out = assign(base, make_bands(routing_cfg.bands, len(model.cfg.channels)))
+    out = assign(base, make_bands(routing_cfg.bands, model))
     out.update({n: b for n, b in slot_bands(model).items() if n in names})
     return out
 
@@ -93,8 +126,11 @@ class ProvenanceWriter(Hook):
 
     def __init__(self, cfg: ProvenanceConfig, sources: list[str]):
         self.cfg, self.sources = cfg, sorted(sources)
+        self.sampled = cfg.mode == "sampled"
         self.history: dict[str, list] = {k: [] for k in ("checkpoint", *FIGURES, "mem_score")}
         self._pending: dict | None = None
+        self._on_step: tuple[int, bool] | None = None  # (step, whether its shares are computed)
+        self.layer_shares = None
 
     # -- set-up --------------------------------------------------------------------------------
     def setup(self, records: list[dict], band_of: dict[str, str], attrs: dict) -> None:
@@ -113,7 +149,17 @@ class ProvenanceWriter(Hook):
             self.group_of_row = torch.arange(len(records))
             pos = {s: i for i, s in enumerate(self.sources)}
             self.source_of_row = torch.tensor([pos[r["source_id"]] for r in records], dtype=torch.int64)
-        self.attrs = attrs
+        self.attrs = {**attrs, "mode": self.cfg.mode}
+        if self.sampled:
+            self.attrs.update(sample_rate=float(self.cfg.sample_rate), sample_seed=int(self.cfg.sample_seed),
+                              exact_first=int(self.cfg.exact_first), estimator=ESTIMATOR)
+        n, b = len(self.names), len(self.bands)
+        # the control variate's sums over the run's sampled steps so far (kept across checkpoints)
+        self.cv = {"x": torch.zeros(n, dtype=torch.float64),
+                   **{k: torch.zeros(n, b, dtype=torch.float64) for k in SHARES},
+                   # per band, over the drawn steps: squared residuals and squared control variates
+                   **{f"{k}_{s}": torch.zeros(b, dtype=torch.float64) for k in SHARES for s in ("r2", "c2")}}
+        self._ratio = {k: torch.zeros(n, b, dtype=torch.float64) for k in SHARES}
         self._reset()
 
     def _reset(self) -> None:
@@ -124,40 +170,68 @@ class ProvenanceWriter(Hook):
                     "samples_seen": torch.zeros(n, dtype=torch.int64)}
         if self.cfg.granularity == "sample":  # steps per source: not a sum over its samples' rows
             self.acc["source_steps_seen"] = torch.zeros(len(self.sources), dtype=torch.int64)
+        if self.sampled:
+            self.acc.update({f"{k}_{v}": torch.zeros(n, b, dtype=torch.float64) for k in SHARES
+                             for v in ("var", "model")})
+            self.acc["loss_weight"] = torch.zeros(n, dtype=torch.float64)
+            self.acc["steps_sampled"] = torch.zeros((), dtype=torch.int64)
+            self.acc["steps_drawn"] = torch.zeros((), dtype=torch.int64)
 
     def on_start(self, trainer) -> None:
         model = trainer.model
         band_of = band_of_params(model, trainer.cfg.routing)
-        named = sorted(((n, p) for n, p in model.named_parameters() if p.requires_grad),
-                       key=lambda np_: band_of[np_[0]])  # each band one contiguous span
         routing = {"mode": trainer.cfg.routing.mode, "policy": trainer.cfg.routing.policy,
                    "sequestered": list(trainer.cfg.routing.sequestered)}
+        router = next((h.router for h in trainer.hooks if getattr(h, "router", None) is not None),
+                      None) if trainer.cfg.routing.mode == "routed" else None
+        self.bind(model, trainer.dataset.records, trainer.out, band_of=band_of, router=router, hooks=trainer.hooks,
+                  step=trainer.step, attrs={"config_hash": trainer.cfg.hash(), "run_name": trainer.cfg.name,
+                                            "routing_policy_json": json.dumps(routing)})
+
+    def bind(self, model: torch.nn.Module, records: list[dict], out, *, band_of: dict[str, str], router=None,
+             hooks=(), step: int = 0, attrs: dict) -> None:
+        """Attach to a model explicitly (any training loop; ``on_start`` does this for govlab's own):
+        ``band_of`` maps every trainable parameter name to its band, ``router`` is the installed
+        router when routing is on, ``hooks`` are searched for ``latest_scores`` (the monitor),
+        ``attrs`` add ``config_hash``, ``run_name`` and ``routing_policy_json``; ``step`` is the
+        step of a resumed state."""
+        named = sorted(((n, p) for n, p in model.named_parameters() if p.requires_grad),
+                       key=lambda np_: band_of[np_[0]])  # each band one contiguous span
         attrs = {"format": FORMAT, "granularity": self.cfg.granularity, "accumulation": "interval",
-                 "model_hash": model_hash(model), "config_hash": trainer.cfg.hash(),
-                 "govlab_version": govlab.__version__, "run_name": trainer.cfg.name,
+                 "model_hash": model_hash(model), "govlab_version": govlab.__version__,
                  "bands_json": json.dumps(band_modules(band_of)), "sources_json": json.dumps(self.sources),
-                 "routing_policy_json": json.dumps(routing),
-                 "provenance_config_json": json.dumps(asdict(self.cfg))}
+                 "provenance_config_json": json.dumps(asdict(self.cfg)), **attrs}
         pending = self._pending
-        self.setup(trainer.dataset.records, band_of, attrs)
+        self.setup(records, band_of, attrs)
         self.params = [p for _, p in named]
         self._flat_views = [p.detach().view(-1) for p in self.params]
         if getattr(self, "layer_shares", None) is not None:
             self.layer_shares.remove()
-        self.router = next((h.router for h in trainer.hooks if getattr(h, "router", None) is not None),
-                           None) if trainer.cfg.routing.mode == "routed" else None
-        self.layer_shares = LayerShares(model, self.params, self.router) if supported(model) else None
+        self.router = router
+        # sampled: the layer hooks are on the model only during a sampled step
+        self.layer_shares = (LayerShares(model, self.params, self.router, persistent=not self.sampled)
+                             if supported(model) else None)
         sizes = {b: sum(p.numel() for n, p in named if band_of[n] == b) for b in self.bands}
         ends = [int(e) for e in np.cumsum([sizes[b] for b in self.bands])]
         self.spans = [slice(e - sizes[b], e) for b, e in zip(self.bands, ends)]
-        self.out = Path(trainer.out)
-        self.hooks = trainer.hooks
-        if pending is not None:  # resumed: the saved state is that of the checkpoint at trainer.step
-            self.acc = pending
+        self.out = Path(out)
+        self.hooks = list(hooks)
+        if pending is not None:  # resumed: the saved state is that of the checkpoint at ``step``
+            self.acc, cv = pending
+            if cv is not None:
+                self.cv = cv
+                self._update_ratio()
             self._pending = None
-            self.on_checkpoint(trainer, trainer.step)
+            self.on_checkpoint(None, step)
 
     # -- per step ------------------------------------------------------------------------------
+    def computes(self, step: int) -> bool:
+        """Whether the shares are computed at ``step`` (every step in exact mode)."""
+        if self._on_step is None or self._on_step[0] != step:
+            on = not self.sampled or step_sampled(self.cfg, step)
+            self._on_step = (step, on)
+        return self._on_step[1]
+
     def _sorts(self) -> bool:
         """With the one-backward path and routing off, the batch is sorted by group so that each
         group is a slice (views, not copies, in the backward); the per-sample loss is order-free, so
@@ -166,12 +240,15 @@ class ProvenanceWriter(Hook):
         return self.layer_shares is not None and self.router is None
 
     def arrange(self, ctx) -> None:
-        if self._sorts():
+        if self.computes(ctx.step) and self._sorts():
             ctx.permute(torch.argsort(self.group_of_row[ctx.indices], stable=True))
 
     def before_forward(self, ctx) -> None:
+        if not self.computes(ctx.step):
+            return
         gid = self.group_of_row[ctx.indices]
         self._ids, local, self._counts = torch.unique(gid, return_inverse=True, return_counts=True)
+        self._local = local
         if self._sorts():
             ends = torch.cumsum(self._counts, 0).tolist()
             self._groups = [slice(e - n, e) for e, n in zip(ends, self._counts.tolist())]
@@ -181,10 +258,12 @@ class ProvenanceWriter(Hook):
             self.layer_shares.begin(self._groups, local)
 
     def before_backward(self, ctx) -> None:
-        if self.layer_shares is None:  # a model the one-backward path does not support: one backward per group
+        if self.layer_shares is None and self.computes(ctx.step):  # a model the one-backward path does not support: one backward per group
             self._shares = torch.stack(group_shares(ctx.per_sample_loss, ctx.weights, self._groups, self.params))
 
     def after_backward(self, ctx) -> None:
+        if not self.computes(ctx.step):
+            return
         if self.layer_shares is not None:
             self._shares = self.layer_shares.finish()
         self._before = self._flat_params()
@@ -197,15 +276,70 @@ class ProvenanceWriter(Hook):
         return torch.cat(self._flat_views)
 
     def after_step(self, ctx) -> None:
-        delta = self._flat_params().sub_(self._before)
-        norm_sq, update = band_figures(self._shares, delta, self.spans)
-        self.acc["grad_norm_sq"][self._ids] += norm_sq.cpu()
-        self.acc["update_share"][self._ids] += update.cpu()
-        self.acc["steps_seen"][self._ids] += 1
-        self.acc["samples_seen"][self._ids] += self._counts
+        on = self.computes(ctx.step)
+        if on:
+            delta = self._flat_params().sub_(self._before)
+            norm_sq, update = (t.cpu() for t in band_figures(self._shares, delta, self.spans))
+            self._shares = self._before = None
+        else:  # the exact counts only
+            gid = self.group_of_row[ctx.indices]
+            self._ids, local, self._counts = torch.unique(gid, return_inverse=True, return_counts=True)
+        ids = self._ids
+        if not self.sampled:
+            self.acc["grad_norm_sq"][ids] += norm_sq
+            self.acc["update_share"][ids] += update
+        else:
+            x = torch.zeros(len(ids), dtype=torch.float64).index_add_(
+                0, local if not on else self._local, ctx.weights.detach().cpu().double())
+            self._estimate(ids, x, (norm_sq, update) if on else None, inclusion(self.cfg, ctx.step))
+        self.acc["steps_seen"][ids] += 1
+        self.acc["samples_seen"][ids] += self._counts
         if "source_steps_seen" in self.acc:
-            self.acc["source_steps_seen"][torch.unique(self.source_of_row[self._ids])] += 1
-        self._shares = self._before = None
+            self.acc["source_steps_seen"][torch.unique(self.source_of_row[ids])] += 1
+
+    def _estimate(self, ids: torch.Tensor, x: torch.Tensor, figures, p: float) -> None:
+        """Sampled mode: add one step to the estimates (module docstring). ``x``: the loss weight of
+        the groups ``ids``; ``figures``: their exact ``(grad_norm_sq, update_share)`` on a computed
+        step, else None; ``p``: the step's probability of being computed."""
+        acc = self.acc
+        acc["loss_weight"][ids] += x
+        for k in SHARES:  # every step: the control variate's part, and its model variance
+            c = self._ratio[k][ids] * x[:, None]
+            acc[k][ids] += c
+            acc[f"{k}_model"][ids] += (1.0 - p) / p * c * c
+        if figures is None:
+            return
+        acc["steps_sampled"] += 1
+        acc["steps_drawn"] += int(p < 1.0)
+        for k, y in zip(SHARES, figures):
+            c = self._ratio[k][ids] * x[:, None]
+            resid = y - c
+            acc[k][ids] += resid / p
+            acc[f"{k}_var"][ids] += (1.0 - p) / (p * p) * resid * resid
+            if p < 1.0:
+                self.cv[f"{k}_r2"] += (resid * resid * (c != 0)).sum(0)
+                self.cv[f"{k}_c2"] += (c * c).sum(0)
+        for k, v in zip(("x", *SHARES), (x, *figures)):
+            self.cv[k].mul_(DECAY)
+            self.cv[k][ids] += v
+        self._update_ratio()
+
+    def _finish_variance(self) -> None:
+        """At a checkpoint: each estimate's variance is the larger of the design-based one (from its
+        drawn steps) and a model-based one, which counts every step the group took part in: the
+        relative residual variance of the band's drawn steps so far times the group's squared
+        control variates (a group seen only on steps not drawn still gets an error; one with no
+        loss weight keeps 0)."""
+        for k in SHARES:
+            c2 = self.cv[f"{k}_c2"]
+            rho = torch.where(c2 > 0, self.cv[f"{k}_r2"] / torch.where(c2 > 0, c2, 1.0), 0.0)
+            torch.maximum(self.acc[f"{k}_var"], rho * self.acc[f"{k}_model"], out=self.acc[f"{k}_var"])
+
+    def _update_ratio(self) -> None:
+        """The control variate's ratio for the next step: sampled ``y`` over sampled ``x``."""
+        x = self.cv["x"][:, None]
+        for k in SHARES:
+            self._ratio[k] = torch.where(x > 0, self.cv[k] / torch.where(x > 0, x, 1.0), 0.0)
 
     # -- flush ---------------------------------------------------------------------------------
     def mem_scores(self) -> np.ndarray | None:
@@ -221,11 +355,13 @@ class ProvenanceWriter(Hook):
 
     def on_checkpoint(self, trainer, step: int) -> None:
         mem = self.mem_scores()
+        if self.sampled:
+            self._finish_variance()
         if self.cfg.granularity == "cohort":
             h = self.history
             h["checkpoint"].append(step)
             for k, v in self.acc.items():
-                h[k].append(v.clone())
+                h.setdefault(k, []).append(v.clone())
             h["mem_score"].append(torch.from_numpy(mem) if mem is not None else None)
             write_index(self.to_dataset(), self.out / INDEX)
         else:
@@ -251,6 +387,12 @@ class ProvenanceWriter(Hook):
         }
         coords = {dim: names, "band": np.array(self.bands, dtype=object),
                   "checkpoint": np.array(checkpoints, dtype=np.int64)}
+        if self.sampled:
+            for k in SHARES:
+                data[f"{k}_se"] = ((dim, "band", "checkpoint"), arrays[f"{k}_var"].sqrt().numpy())
+            data["loss_weight"] = ((dim, "checkpoint"), arrays["loss_weight"].numpy())
+            data["steps_sampled"] = (("checkpoint",), arrays["steps_sampled"].numpy())
+            data["steps_drawn"] = (("checkpoint",), arrays["steps_drawn"].numpy())
         if dim == "sample":
             coords["source_id"] = ("sample", np.array([r["source_id"] for r in self.records], dtype=object))
             coords["source"] = np.array(self.sources, dtype=object)
@@ -266,19 +408,26 @@ class ProvenanceWriter(Hook):
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         h = self.history
-        return {"acc": dict(self.acc), "checkpoint": list(h["checkpoint"]),
-                **{k: list(h[k]) for k in FIGURES},
-                "mem_score": [m if m is not None else torch.zeros(0) for m in h["mem_score"]]}
+        out = {"acc": dict(self.acc), "checkpoint": list(h["checkpoint"]),
+               **{k: list(v) for k, v in h.items() if k not in ("checkpoint", "mem_score")},
+               "mem_score": [m if m is not None else torch.zeros(0) for m in h["mem_score"]]}
+        if self.sampled:
+            out["cv"] = dict(self.cv)
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         self.history = {"checkpoint": list(state["checkpoint"]),
-                        **{k: list(state[k]) for k in FIGURES},
+                        **{k: list(v) for k, v in state.items() if k not in ("acc", "cv", "checkpoint", "mem_score")},
                         "mem_score": [m if m.numel() else None for m in state["mem_score"]]}
         fields = FIGURES + (("source_steps_seen",) if self.cfg.granularity == "sample" else ())
-        missing = [k for k in fields if k not in state["acc"]]
+        if self.sampled:
+            fields += tuple(f"{k}_{v}" for k in SHARES for v in ("var", "model"))
+            fields += ("loss_weight", "steps_sampled", "steps_drawn")
+        missing = [f"acc[{k!r}]" for k in fields if k not in state["acc"]]
+        missing += ["'cv'"] if self.sampled and "cv" not in state else []
         if missing:  # the trainer names the checkpoint and the missing field
-            raise KeyError(f"acc[{missing[0]!r}]")
-        self._pending = dict(state["acc"])
+            raise KeyError(missing[0])
+        self._pending = (dict(state["acc"]), dict(state["cv"]) if self.sampled else None)
 
 
 def write_index(ds: xr.Dataset, path: Path) -> None:

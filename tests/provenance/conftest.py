@@ -7,7 +7,7 @@ TINY = {"model": {"channels": [8, 16, 16], "text_dim": 16, "text_layers": 1, "he
         "routing": {"mode": "routed", "slot_rank": 2, "sequester_rank": 2},
         "train": {"steps": 4, "batch_size": 12, "checkpoint_every": 2, "warmup_steps": 1},
         "eval": {"per_prompt": 1, "steps": 4},
-        "provenance": {"enabled": True}}
+        "provenance": {"enabled": True, "mode": "exact"}}  # the audit mode: the tests check exact figures
 
 
 @pytest.fixture(autouse=True)

@@ -51,7 +51,7 @@ def test_writer_matches_per_source_reference(tiny_cfg, smoke_dataset, tmp_path, 
     cfg = from_dict({"routing": routing}, base=tiny_cfg)
     mode = routing["mode"]
     dataset, hooks = attach(cfg, smoke_dataset)
-    writer = ProvenanceWriter(ProvenanceConfig(enabled=True), smoke_dataset.sources)
+    writer = ProvenanceWriter(ProvenanceConfig(enabled=True, mode="exact"), smoke_dataset.sources)
     keep = _KeepGrads()  # after the writer: the full gradient the optimizer applies
     trainer = Trainer(cfg, dataset, tmp_path, hooks=[*hooks, writer, keep], progress=False)
     writer.on_start(trainer)
@@ -120,7 +120,7 @@ def test_one_backward_writer_leaves_the_gradient_unchanged(tiny_cfg, smoke_datas
     cfg = from_dict({"routing": routing}, base=tiny_cfg)
     mode = routing["mode"]
     dataset, hooks = attach(cfg, smoke_dataset)
-    writer, keep = ProvenanceWriter(ProvenanceConfig(enabled=True), smoke_dataset.sources), _KeepGrads()
+    writer, keep = ProvenanceWriter(ProvenanceConfig(enabled=True, mode="exact"), smoke_dataset.sources), _KeepGrads()
     trainer = Trainer(cfg, dataset, tmp_path, hooks=[*hooks, writer, keep], progress=False)
     trainer.model.double()  # float64: both sums agree to ~1e-15, whatever order a CPU's kernels sum in
     writer.on_start(trainer)
@@ -144,7 +144,7 @@ def test_one_backward_writer_leaves_the_gradient_unchanged(tiny_cfg, smoke_datas
 
 
 def _indexed_trainer(tiny_cfg, smoke_dataset, tmp_path):
-    writer = ProvenanceWriter(ProvenanceConfig(enabled=True), smoke_dataset.sources)
+    writer = ProvenanceWriter(ProvenanceConfig(enabled=True, mode="exact"), smoke_dataset.sources)
     trainer = Trainer(tiny_cfg, smoke_dataset, tmp_path, hooks=[writer], progress=False)
     writer.on_start(trainer)
     return trainer, writer
