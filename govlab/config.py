@@ -89,6 +89,8 @@ class RunConfig:
             del d["memorization"]
         if self.provenance == ProvenanceConfig():  # likewise
             del d["provenance"]
+        else:  # an exact index hashes as before the sampled mode existed
+            d["provenance"] = self.provenance.hashed()
         del d["train"]["device"]  # where a run trains is not what it trains (the same batches): a run
         # may resume on another device, and hashes of runs from before the setting are unchanged
         return sha256_json(d)[:16]
