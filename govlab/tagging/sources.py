@@ -52,7 +52,9 @@ def source_from_fields(rec: dict, exif, mode: str) -> tuple[str, str] | None:
     if mode.startswith("folder:"):
         level = int(mode.split(":", 1)[1])
         parts = PurePosixPath(rec["file_name"]).parts[:-1]
-        return (slug(parts[level - 1]), f"folder level {level} of {rec['file_name']!r}") if len(parts) >= level else None
+        if len(parts) < level:
+            return None
+        return slug(parts[level - 1]), f"folder level {level} of {rec['file_name']!r}"
     if mode in ("auto", "url") and isinstance(rec.get("url"), str) and (host := domain(rec["url"])):
         return slug(host), f"url domain of {rec['url']!r}"
     if mode in ("auto", "exif") and (owner := exif_owner(exif)):

@@ -5,7 +5,8 @@ EXIF artist/copyright, a folder level); the taxonomy's caption patterns; embeddi
 captions do not say (a linear classifier on the encoder's embeddings per category, fitted on its
 exemplars; for sources, clusters of the embeddings matched to the exemplars of known sources, and a
 linear classifier over those exemplars); else one source per unique origin (a cluster far from every
-known source, or, with no source exemplars, each distinct image). Every assigned value is listed with its evidence and confidence in ``review.jsonl``.
+known source, or, with no source exemplars, each distinct image). Every assigned value is listed with
+its evidence and confidence in ``review.jsonl``.
 """
 
 from __future__ import annotations
@@ -187,8 +188,8 @@ class Tagger:
                           "one source per distinct image content")
             return
         proba = self.source_clf.predict_proba(x[todo])
-        classes = list(self.source_clf.classes_)
-        novel: dict[int, str] = {}
+        classes = [str(c) for c in self.source_clf.classes_]
+        novel: dict[int, tuple[str, str]] = {}  # position in todo -> (origin, evidence)
         if self.whiten is not None:
             dist = self._distance(x[todo])
             z = x[todo] @ self.whiten
@@ -196,8 +197,8 @@ class Tagger:
             labels = KMeans(n_clusters=k, n_init=4, random_state=self.seed).fit_predict(z)
             for cl in range(k):
                 members = np.flatnonzero(labels == cl)
-                med = float(np.median(dist[members]))
-                if len(members) and med > NOVELTY * self.spacing:
+                med = float(np.median(dist[members])) if len(members) else 0.0
+                if med > NOVELTY * self.spacing:
                     for j in members:
                         novel[j] = (f"unknown_{cl}", f"no source field, caption pattern or exemplar match: embedding "
                                     f"cluster {cl} ({len(members)} images, median distance {med:.0f} to the nearest "

@@ -65,7 +65,7 @@ def per_sample(index):
     return u, np.asarray(ds["source_id"].values).astype(str), [str(b) for b in ds["band"].values]
 
 
-def test_tagged_copy_routes_without_leakage(smoke_cfg, tagged_dataset, batch_records=12):
+def test_tagged_copy_routes_without_leakage(smoke_cfg, tagged_dataset):
     cfg = from_dict({"name": "tag-leak", **TINY}, base=smoke_cfg)
     torch.manual_seed(0)
     model = build_model(cfg, tagged_dataset)
@@ -75,7 +75,8 @@ def test_tagged_copy_routes_without_leakage(smoke_cfg, tagged_dataset, batch_rec
     rows = [int(i) for i in rng.choice(len(tagged_dataset), 20, replace=False)]
     records = [tagged_dataset.records[i] for i in rows]
     g = torch.Generator().manual_seed(0)
-    batch = {"x0": tagged_dataset.images[rows].double() / 127.5 - 1, "tokens": model.tokenizer([r["caption"] for r in records]),
+    batch = {"x0": tagged_dataset.images[rows].double() / 127.5 - 1,
+             "tokens": model.tokenizer([r["caption"] for r in records]),
              "noise": torch.randn(len(rows), 3, 16, 16, generator=g).double(),
              "timesteps": torch.randint(0, 1000, (len(rows),), generator=g),
              "weights": torch.ones(len(rows), dtype=torch.float64)}
