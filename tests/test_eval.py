@@ -23,6 +23,9 @@ def test_scores_of_real_images_are_high_and_of_noise_are_low():
     s = score_images(real.permute(0, 3, 1, 2), probes)
     assert s["style_acc"] > 0.9 and s["shape_acc"] > 0.75 and s["watermark_rate"] == 1.0
     assert s["identity_rate"] == 1.0 and s["watermark_rate_artist_prompts"] == 0.0
+    assert s["watermark_rate_ci"] == [1.0, 1.0]  # every stock image stamped: no spread to resample
+    lo, hi = s["shape_acc_ci"]
+    assert lo <= s["shape_acc"] <= hi and (lo < hi or s["shape_acc"] in (0.0, 1.0))
     noise = torch.randint(0, 256, real.permute(0, 3, 1, 2).shape, generator=torch.Generator().manual_seed(0),
                           dtype=torch.uint8)
     assert score_images(noise, probes)["identity_rate"] < 0.5

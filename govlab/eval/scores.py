@@ -7,6 +7,7 @@ import torch
 
 from govlab.data.world import ARTISTS, COLORS, PERSONS, POSITIONS_1, SHAPES, STOCK, caption_for
 from govlab.eval.classifiers import HEADS, load_evaluator
+from govlab.eval.stats import mean_ci
 
 
 def probe_prompts(sources: list[str], per_prompt: int, seed: int = 0) -> list[dict]:
@@ -46,6 +47,10 @@ def score_images(images: torch.Tensor, probes: list[dict], evaluator=None) -> di
     def mean(x):
         return round(float(np.mean(x)), 4) if len(x) else None
 
+    hits = {"style_acc": src[art] == want_src[art],
+            "shape_acc": shape[kind != "identity"] == want_shape[kind != "identity"],
+            "watermark_rate": wm[kind == "stock"],
+            "identity_rate": person[kind == "identity"] == want_person[kind == "identity"]}
     return {
         "n_images": len(probes),
         "style_acc": mean(src[art] == want_src[art]),
@@ -57,6 +62,7 @@ def score_images(images: torch.Tensor, probes: list[dict], evaluator=None) -> di
         "identity_rate_artist_prompts": mean(person[art] != "none"),
         "chance_style": round(1 / max(1, len(set(want_src[art]))), 4),
         "chance_shape": round(1 / len(SHAPES), 4),
+        **{f"{k}_ci": mean_ci(v)[1] for k, v in hits.items()},  # 95% bootstrap intervals over the images
     }
 
 

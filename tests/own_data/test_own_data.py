@@ -165,10 +165,13 @@ def test_audit_lists_and_shows_extracted_images_beside_their_training_image(own,
     assert result["extraction_rate_planted"] == 1.0 and result["extraction_rate_others"] == 0.0
 
 
-def test_query_attest_attenuate_and_the_explorer(own, tmp_path):
+def test_sample_query_attest_attenuate_and_the_explorer(own, tmp_path):
     from govlab.explore.runs import band_timeline, load_runs, source_band
 
     data, out, _ = own
+    code, sample = cli("sample", out, "--prompt", DUP_CAPTION, "-n", "2", "--steps", "2", "--out", tmp_path / "s.png",
+                       "--json")
+    assert code == 0 and sample["n"] == 2 and (tmp_path / "s.png").stat().st_size > 0
     code, q = cli("query", out, "--source", "studio_north", "--json")
     assert code == 0 and q["source"] == "studio_north" and q["bands"]
     code, a = cli("attest", out, "--json")
