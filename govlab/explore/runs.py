@@ -198,7 +198,7 @@ def load_runs(paths) -> tuple[list[Run], list[str]]:
 
 
 def _metric(ds: xr.Dataset, metric: str) -> xr.DataArray:
-    if metric not in METRICS:
+    if metric.removesuffix("_se") not in METRICS:
         raise GovlabError(f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
     return ds[metric]
 
@@ -222,9 +222,21 @@ def _by_source(run: Run, metric: str) -> xr.DataArray:
 
 
 def source_band(run: Run, metric: str, checkpoint: int) -> pd.DataFrame:
-    """Long table ``source, band, share`` at one checkpoint (per-sample indexes summed by source)."""
-    share = _share(_by_source(run, metric).sel(checkpoint=checkpoint).load(), "source")
+    """Long table ``source, band, share`` at one checkpoint (per-sample indexes summed by source).
+    From a sampled index (the default mode: estimates with standard errors ``*_se``) also the
+    estimate of the metric and its 95% interval, ``estimate, ci95_lo, ci95_hi`` (per sample summed
+    by source, the samples' errors summed: an upper bound)."""
+    value = _by_source(run, metric).sel(checkpoint=checkpoint).load()
+    share = _share(value, "source")
     df = share.rename("share").to_dataframe().reset_index()[["source", "band", "share"]]
+    if f"{metric}_se" in run.index.data_vars:
+        from govlab.provenance.index import quantile95
+
+        se = _by_source(run, f"{metric}_se").sel(checkpoint=checkpoint).load()
+        q = quantile95(int(run.index["steps_drawn"].sel(checkpoint=checkpoint)))
+        est = xr.Dataset({"estimate": value, "ci95_lo": value - q * se, "ci95_hi": value + q * se})
+        df = df.merge(est.to_dataframe().reset_index()[["source", "band", "estimate", "ci95_lo", "ci95_hi"]],
+                      on=["source", "band"])
     return df.astype({"source": str, "band": str})
 
 

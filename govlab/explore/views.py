@@ -27,7 +27,8 @@ def influence_heatmap(run: Run, metric: str, checkpoint: int, clim: tuple | None
     """Source x band heatmap of each source's share of each band at one checkpoint."""
     df = source_band(run, metric, checkpoint)
     share = hv.Dimension("share", label=LABELS[metric])
-    return hv.HeatMap(df, kdims=["band", "source"], vdims=[share]).opts(
+    interval = [c for c in ("estimate", "ci95_lo", "ci95_hi") if c in df]  # a sampled index: in the hover
+    return hv.HeatMap(df, kdims=["band", "source"], vdims=[share, *interval]).opts(
         title=f"{run.name}, checkpoint {checkpoint}", clim=clim or (0, float(df["share"].max())), **HEAT)
 
 

@@ -120,12 +120,19 @@ def markdown(a: dict) -> str:
                   "| --- | --- | --- | --- | --- | --- |"]
         for o in a["opt_outs"]:
             p = o["proof"] or {}
+            sampled = f" (estimate, SE {p['max_grad_norm_sq_se']})" if p.get("mode") == "sampled" else ""
             lines.append(f"| {o['source_id']} | {o['since']} | {o['scope']} | {o['attenuated']} | "
-                         f"{p.get('max_grad_norm_sq')} | {p.get('zero_influence')} |")
+                         f"{p.get('max_grad_norm_sq')}{sampled} | {p.get('zero_influence')} |")
         lines += ["", "`max grad_norm_sq since` is the largest squared norm of the source's share of the "
                   "gradient, over every checkpoint interval of the provenance index that starts at or "
                   "after its opt-out: 0.0 means none of its records contributed to any gradient from then on (the "
                   "optimizer's momentum still carries gradients of earlier steps into later updates).", ""]
+        if any((o["proof"] or {}).get("mode") == "sampled" for o in a["opt_outs"]):
+            lines += ["The index is sampled (shares computed on a random subset of steps, the figures "
+                      "estimates with a standard error, 95% interval estimate +- t x SE). The zero is exact "
+                      "all the same: the index records every step's loss weight of each source, and a source "
+                      "whose rows all weigh 0 has a share of exactly 0 in every step, so its estimate and SE "
+                      "are sums of exact zeros; `zero influence` also requires its loss weight to be 0.", ""]
     if a.get("rejection_reasons"):
         lines += ["## Rejected at ingestion", "", "| reason | records |", "| --- | --- |",
                   *[f"| {k} | {n} |" for k, n in a["rejection_reasons"].items()], ""]

@@ -9,6 +9,7 @@ from govlab.config import from_dict, load_config
 from govlab.errors import GovlabError
 from govlab.io import write_json
 from govlab.provenance import ProvenanceConfig, ProvenanceIndex, ProvenanceWriter
+from govlab.provenance.attest import markdown
 from govlab.provenance.hook import attach as attach_provenance
 from govlab.provenance.index import quantile95
 from govlab.provenance.writer import INDEX, write_index
@@ -118,6 +119,10 @@ def test_an_optout_is_exactly_zero_under_sampling(tiny_cfg, smoke_dataset, tmp_p
         assert before["zero_influence"] is False and before["loss_weight"] > 0
         other = index.zero_since("artist_2", 2)  # drawn, weighed, so never "zero" (even if unsampled)
         assert other["zero_influence"] is False and other["loss_weight"] > 0
+    text = markdown({"name": "r", "config_hash": "h", "records": 1, "trained_records": 1, "sources": {},
+                     "opt_outs": [{"source_id": "artist_0", "since": 2, "scope": "training", "attenuated": False,
+                                   "proof": proof}]})
+    assert "| 0.0 (estimate, SE 0.0) | True |" in text and "The zero is exact" in text
 
 
 def test_sampled_round_trip_and_queries(runs, tmp_path):
@@ -191,3 +196,20 @@ def test_the_first_steps_are_exact_and_the_draws_are_seeded(tiny_cfg, smoke_data
         from_dict({"provenance": {"sample_rate": 0}})
     with pytest.raises(GovlabError, match="mode"):
         from_dict({"provenance": {"mode": "approximate"}})
+
+
+def test_the_explorer_shows_the_interval(runs, tmp_path):
+    from govlab.explore.runs import Run, source_band
+
+    ds = runs[1][0]
+    write_index(ds, tmp_path / INDEX)
+    df = source_band(Run(tmp_path), "grad_norm_sq", 8)
+    cell = df[(df["source"] == "artist_0") & (df["band"] == "outer")].iloc[0]
+    value = float(ds["grad_norm_sq"].sel(source="artist_0", band="outer", checkpoint=8))
+    half = quantile95(int(ds["steps_drawn"].sel(checkpoint=8))) * float(
+        ds["grad_norm_sq_se"].sel(source="artist_0", band="outer", checkpoint=8))
+    assert cell["estimate"] == pytest.approx(value) and half > 0
+    assert [cell["ci95_lo"], cell["ci95_hi"]] == pytest.approx([value - half, value + half])
+    exact = tmp_path / "exact"
+    write_index(runs[0], exact / INDEX)
+    assert list(source_band(Run(exact), "grad_norm_sq", 8).columns) == ["source", "band", "share"]
