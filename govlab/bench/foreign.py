@@ -101,8 +101,9 @@ def routing_exact(pipeline: Path, data, rows) -> float:
 
 
 def index_exact(pipeline: Path, data, rows, routed: bool = True) -> float:
-    """Max relative error of the index's per-source ``grad_norm_sq`` after one routed step against
-    one autograd backward per source of that source's part of the routed loss."""
+    """Max relative error of the index's per-source ``grad_norm_sq`` after one step (routed or not)
+    against one autograd backward per source of that source's part of the (routed) loss, at the
+    parameters the step's own backward saw."""
     from govlab.api import Governance, GovernanceConfig
 
     den, text, tok, vae, sched = load(pipeline)
@@ -112,9 +113,13 @@ def index_exact(pipeline: Path, data, rows, routed: bool = True) -> float:
     batch = gov.begin({"row": torch.tensor(rows)})
     order = batch["row"].tolist()
     d, x, t, cond, target = batch_inputs(den, text, tok, gov.records, order)
+    before = [p.detach().clone() for p in gov.model.parameters()]
     gov.loss(per_sample(d, x, t, cond, target)).backward()
     opt.step()
     got = gov.writer.acc["grad_norm_sq"].clone()
+    with torch.no_grad():  # the reference gradients are those of the step: at the parameters before it
+        for p, b in zip(gov.model.parameters(), before):
+            p.copy_(b)
     w = gov.writer
     names = dict((id(p), n) for n, p in gov.model.named_parameters())
     want = torch.zeros_like(got)

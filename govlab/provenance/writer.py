@@ -107,13 +107,26 @@ def group_shares(per_sample_loss, weights, groups: list, params) -> list[torch.T
     return out
 
 
+# Sums over at most this many parameters are taken in float32 and added in float64: torch's CPU
+# float32 norm and matrix-vector product drift over long rows (a million parameters read about
+# 2e-5 low; a band of a diffusers UNet or MMDiT holds millions).
+CHUNK = 1 << 15
+
+
 def band_figures(shares: torch.Tensor, delta: torch.Tensor, spans: list[slice]):
     """Per group and band (``groups x bands``, float64): the squared norm of each group's share
     (``shares``: groups x flattened parameters, ordered by band) and its inner product with the
-    applied update ``delta``; one norm and one matrix-vector product per band."""
-    norm = torch.stack([torch.linalg.vector_norm(shares[:, s], dim=1) for s in spans], dim=1).double()
-    update = torch.stack([torch.mv(shares[:, s], delta[s]) for s in spans], dim=1).double()
-    return norm * norm, update
+    applied update ``delta``; per band, norms and matrix-vector products of ``CHUNK``-long parts
+    summed in float64."""
+    norm, update = [], []
+    for s in spans:
+        x, d = shares[:, s], delta[s]
+        whole = x.shape[1] // CHUNK * CHUNK
+        parts = torch.linalg.vector_norm(x[:, :whole].reshape(len(x), whole // CHUNK, CHUNK), dim=2).double()
+        norm.append(parts.pow(2).sum(1) + torch.linalg.vector_norm(x[:, whole:], dim=1).double().pow(2))
+        update.append(sum((torch.mv(x[:, i:i + CHUNK], d[i:i + CHUNK]).double() for i in range(0, x.shape[1], CHUNK)),
+                          x.new_zeros(len(x), dtype=torch.float64)))
+    return torch.stack(norm, dim=1), torch.stack(update, dim=1)
 
 
 class ProvenanceWriter(Hook):

@@ -78,6 +78,30 @@ def test_routing_exact_on_foreign_denoisers(foreign, backbone):
     assert routing_exact(foreign.pipes[backbone], foreign.data, list(range(8))) <= 1e-5
 
 
+@pytest.mark.parametrize("backbone", ["unet", "sd3"])
+def test_index_exact_on_foreign_denoisers(foreign, backbone):
+    """The one-backward index's per-source figures against one autograd backward per source."""
+    from govlab.bench.foreign import index_exact
+
+    assert index_exact(foreign.pipes[backbone], foreign.data, list(range(8))) <= 1e-5
+    assert index_exact(foreign.pipes[backbone], foreign.data, list(range(8)), routed=False) <= 1e-5
+
+
+def test_index_figures_of_a_band_of_millions_of_parameters():
+    """A foreign denoiser's band holds millions of parameters; torch's float32 norm and product over
+    one row that long drift by about 1e-5 (the per-source figures read low against float64)."""
+    from govlab.provenance.writer import band_figures
+
+    g = torch.Generator().manual_seed(0)
+    shares, delta = torch.randn(3, 3_000_017, generator=g), torch.randn(3_000_017, generator=g)
+    spans = [slice(0, 7), slice(7, 2_000_000), slice(2_000_000, 3_000_017)]
+    norm_sq, update = band_figures(shares, delta, spans)
+    want_norm = torch.stack([shares[:, s].double().pow(2).sum(1) for s in spans], 1)
+    want_update = torch.stack([shares[:, s].double().mv(delta[s].double()) for s in spans], 1)
+    assert float(((norm_sq - want_norm) / want_norm).abs().max()) <= 1e-6
+    assert float((update - want_update).abs().max()) <= 1e-6 * float(want_norm.sqrt().max() * delta.norm())
+
+
 def test_detectors_on_latent_flow_model_and_a_text_encoder_without_hidden_states(foreign):
     from govlab.api import DiffusersDenoiser
     from govlab.bench.foreign import detectors_ok, load
