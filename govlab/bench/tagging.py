@@ -17,6 +17,7 @@ from govlab.data.world import CATEGORIES
 
 
 UNSEEN = "artist_5"
+FEW = 8  # exemplars a folder in the exemplars_8 run (the shipped folders hold 24)
 
 
 def mean_ci(hits, *, seed: int = 0) -> tuple[float, list[float]]:
@@ -52,19 +53,35 @@ def compare(truth: list[dict], got: list[dict]) -> dict:
     return out
 
 
-def without_source(source: str, out: Path) -> Path:
-    """The world taxonomy less one source's entry (its exemplars too): a source the user has none of."""
+def variant_taxonomy(out: Path, *, drop: str | None = None, per_folder: int | None = None) -> Path:
+    """The world taxonomy written to ``out`` less the source ``drop`` (a source the user has no
+    exemplars of), and with ``per_folder`` evenly spaced exemplars kept of each folder."""
+    import shutil
+
     import yaml
 
     from govlab.tagging.taxonomy import WORLD_TAXONOMY
 
     spec = yaml.safe_load(WORLD_TAXONOMY.read_text())
-    del spec["sources"][source]
+    spec["sources"].pop(drop, None)
     for rule in [*spec["categories"].values(), *spec["sources"].values()]:
         if rule and "exemplars" in rule:
-            rule["exemplars"] = str(WORLD_TAXONOMY.parent / rule["exemplars"])
+            folder = WORLD_TAXONOMY.parent / rule["exemplars"]
+            if per_folder is not None:
+                files = sorted(folder.glob("*.png"))
+                keep = files[:: max(1, len(files) // per_folder)][:per_folder]
+                folder = out.parent / f"{out.stem}_exemplars" / folder.name
+                folder.mkdir(parents=True, exist_ok=True)
+                for f in keep:
+                    shutil.copyfile(f, folder / f.name)
+            rule["exemplars"] = str(folder)
     out.write_text(yaml.safe_dump(spec))
     return out
+
+
+def without_source(source: str, out: Path) -> Path:
+    """The world taxonomy less one source's entry (its exemplars too): a source the user has none of."""
+    return variant_taxonomy(out, drop=source)
 
 
 def _read(path: Path) -> list[dict]:
@@ -77,7 +94,8 @@ def bench_tagging(*, quick: bool = False) -> dict:
     from captions stripped of every word naming a source, the stock agency or a person (only the
     images tell those); ``with_cues`` repeats them with the captions as written; ``unseen_source_*``
     tags the same folder with a taxonomy that lacks ``artist_5`` (no exemplars of it): the share of its
-    images set apart as an unknown origin, and the sources they were given."""
+    images set apart as an unknown origin, and the sources they were given; ``exemplars_8`` repeats
+    the blind and the unseen-source runs with 8 exemplars a folder instead of 24."""
     from govlab.tagging import tag_folder
     from govlab.tagging.world import hide_labels
 
@@ -86,29 +104,42 @@ def bench_tagging(*, quick: bool = False) -> dict:
     truth = _read(world / "metadata.jsonl")
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for cues in (False, True):
-            src = hide_labels(world, Path(tmp) / f"in{int(cues)}", cues=cues)
+        tmp = Path(tmp)
+
+        def run(src: Path, name: str, **kw) -> tuple[list[dict], dict, float]:
             start = time.perf_counter()
-            summary = tag_folder(src, Path(tmp) / f"out{int(cues)}", progress=False)
-            seconds = time.perf_counter() - start
-            figures = compare(truth, _read(Path(tmp) / f"out{int(cues)}" / "metadata.jsonl"))
-            figures |= {"seconds": round(seconds, 3), "source_evidence": summary["source_evidence"],
-                        "low_confidence_rows": summary["low_confidence_rows"]}
-            if not cues:  # the same folder, with no exemplars of one artist: is it set apart?
-                tax = without_source(UNSEEN, Path(tmp) / "unseen.yaml")
-                tag_folder(src, Path(tmp) / "unseen", taxonomy=tax, progress=False)
-                pairs = list(zip(truth, _read(Path(tmp) / "unseen" / "metadata.jsonl")))
-                got = [g["source_id"] for t, g in pairs if t["source_id"] == UNSEEN]
-                result["unseen_source_flagged"], result["unseen_source_flagged_ci"] = mean_ci(
-                    [s.startswith("unknown_") for s in got])
-                result["known_sources_flagged"], result["known_sources_flagged_ci"] = mean_ci(
-                    [g["source_id"].startswith("unknown_") for t, g in pairs if t["source_id"] != UNSEEN])
-                result["unseen_source_assigned"] = dict(Counter(got).most_common(3))
-            if cues:
-                result["with_cues"] = {k: figures[k] for k in ("agreement", "source_agreement", "identity_recall",
-                                                              "watermark_recall", "seconds")}
-            else:
-                result |= figures
+            summary = tag_folder(src, tmp / name, progress=False, **kw)
+            return _read(tmp / name / "metadata.jsonl"), summary, time.perf_counter() - start
+
+        blind = hide_labels(world, tmp / "blind", cues=False)
+        got, summary, seconds = run(blind, "out")
+        result |= compare(truth, got) | {"seconds": round(seconds, 3), "source_evidence": summary["source_evidence"],
+                                         "low_confidence_rows": summary["low_confidence_rows"]}
+        got, _, seconds = run(hide_labels(world, tmp / "cues", cues=True), "out_cues")
+        figures = compare(truth, got) | {"seconds": round(seconds, 3)}
+        result["with_cues"] = {k: figures[k] for k in ("agreement", "source_agreement", "identity_recall",
+                                                      "watermark_recall", "seconds")}
+        # the same blind folder with no exemplars of one artist: is it set apart?
+        got, _, _ = run(blind, "unseen", taxonomy=variant_taxonomy(tmp / "unseen.yaml", drop=UNSEEN))
+        pairs = list(zip(truth, got))
+        unseen = [g["source_id"] for t, g in pairs if t["source_id"] == UNSEEN]
+        result["unseen_source_flagged"], result["unseen_source_flagged_ci"] = mean_ci(
+            [s.startswith("unknown_") for s in unseen])
+        result["known_sources_flagged"], result["known_sources_flagged_ci"] = mean_ci(
+            [g["source_id"].startswith("unknown_") for t, g in pairs if t["source_id"] != UNSEEN])
+        result["unseen_source_assigned"] = dict(Counter(unseen).most_common(3))
+        # and with a third of the exemplars (8 a folder)
+        got, _, _ = run(blind, "few", taxonomy=variant_taxonomy(tmp / "few.yaml", per_folder=FEW))
+        figures = compare(truth, got)
+        result[f"exemplars_{FEW}"] = {k: figures[k] for k in ("agreement", "source_agreement", "identity_recall",
+                                                             "watermark_recall")}
+        got, _, _ = run(blind, "few_unseen", taxonomy=variant_taxonomy(tmp / "few_unseen.yaml", drop=UNSEEN,
+                                                                      per_folder=FEW))
+        result[f"exemplars_{FEW}"] |= {
+            "unseen_source_flagged": mean_ci([g["source_id"].startswith("unknown_")
+                                              for t, g in zip(truth, got) if t["source_id"] == UNSEEN])[0],
+            "known_sources_flagged": mean_ci([g["source_id"].startswith("unknown_")
+                                              for t, g in zip(truth, got) if t["source_id"] != UNSEEN])[0]}
     result |= {"records": len(truth), "preset": preset, "encoder": summary["encoder"],
                "exemplars": "govlab/tagging/world_exemplars (world seed 30000)", "quick": quick}
     return result

@@ -27,6 +27,7 @@ from PIL import Image
 from sklearn.cluster import KMeans
 from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
 from govlab.data.world import CATEGORIES
@@ -37,8 +38,9 @@ from govlab.tagging.taxonomy import Taxonomy, load_taxonomy
 
 FIELDS = ("categories", "source_id", "license", "opt_out")
 REVIEW, SUMMARY = "review.jsonl", "tag.json"
-NOVELTY = 2.0  # a cluster is of no known source when its median distance to the nearest source
-#                exceeds this many times the 99th percentile of the exemplars' own distances
+NOVELTY = 1.25  # a cluster is of no known source when its median distance to the nearest source
+#                 exceeds this many times the 90th percentile of held-out exemplars' distances (4-fold);
+#                 chosen on the embedded world (docs/tagging.md)
 
 
 @dataclass
@@ -86,12 +88,15 @@ class Tagger:
             else:
                 self.source_clf = _Constant(labels[0])
             names = sorted(set(labels))
-            if len(idx) > len(names) + 1:  # a within-source covariance needs more exemplars than sources
-                of = np.array([names.index(s) for s in labels])
-                self.means = np.stack([x[idx][of == j].mean(0) for j in range(len(names))])
-                self.covariance = LedoitWolf().fit(x[idx] - self.means[of])
+            of = np.array([names.index(s) for s in labels])
+            if np.bincount(of).min() >= 4:  # a within-source covariance, calibrated on held-out exemplars
+                self.means, self.covariance = _within(x[idx], of)
                 self.whiten = np.linalg.cholesky(self.covariance.precision_)  # |z - z'|^2 = Mahalanobis^2
-                self.spacing = float(np.quantile(self._distance(x[idx]), 0.99)) or 1e-6
+                held = []
+                for fit_rows, test_rows in StratifiedKFold(4, shuffle=True, random_state=self.seed).split(idx, of):
+                    means, cov = _within(x[idx][fit_rows], of[fit_rows])
+                    held.append(np.stack([cov.mahalanobis(x[idx][test_rows] - m) for m in means], 1).min(1))
+                self.spacing = float(np.quantile(np.concatenate(held), 0.9)) or 1e-6
         return self
 
     # -- tagging ------------------------------------------------------------------------------
@@ -175,7 +180,7 @@ class Tagger:
         whitened by the exemplars' within-source covariance (where the differences between sources
         count, and those within one, such as shape and layout, do not); a cluster whose median
         Mahalanobis distance to the nearest source's exemplar mean exceeds ``NOVELTY`` times the
-        exemplars' own 99th percentile is one unknown origin. Every other image goes to the source a
+        90th percentile of held-out exemplars' distances (4-fold) is one unknown origin. Every other image goes to the source a
         linear classifier fitted on the source exemplars gives it. With no source exemplars, each
         distinct image is its own origin."""
         todo = [i for i, s in enumerate(src) if s is None]
@@ -216,6 +221,12 @@ class Tagger:
     def _distance(self, x: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance (within-source covariance) to the nearest source's exemplar mean."""
         return np.stack([self.covariance.mahalanobis(x - m) for m in self.means], 1).min(1)
+
+
+def _within(x: np.ndarray, of: np.ndarray) -> tuple[np.ndarray, LedoitWolf]:
+    """Per-source means and the shared within-source covariance (Ledoit-Wolf shrinkage) of exemplars."""
+    means = np.stack([x[of == j].mean(0) for j in range(of.max() + 1)])
+    return means, LedoitWolf().fit(x - means[of])
 
 
 class _Constant:
