@@ -172,7 +172,10 @@ class Tagger:
         summary = {"records": n, "sources": dict(Counter(s[0] for s in src)), "source_evidence": dict(kinds),
                    "category_evidence": dict(Counter(_kind(r.evidence) for r in rows
                                                      if r.field == "categories" and r.assigned)),
-                   "low_confidence_rows": sum(r.confidence < 0.8 for r in rows)}
+                   "low_confidence_rows": sum(r.confidence < 0.8 for r in rows),
+                   # categories told by the image alone: a caption adapter has no trigger word for them
+                   "from_images_only": dict(Counter(r.value for r in rows if r.field == "categories"
+                                                    and r.assigned and r.evidence.startswith("embedding")))}
         return out, rows, summary
 
     def _sources_by_embedding(self, records, images, x, src) -> None:

@@ -51,8 +51,9 @@ def test_blind_tags_agree_with_the_hidden_ground_truth(tagged_blind, truth):
     assert figures["source_agreement"] == round(1 - wrong / len(truth), 4)
     lo, hi = figures["source_agreement_ci"]
     assert lo <= figures["source_agreement"] <= hi
-    # sources came from the embedding rule (captions name none)
+    # sources came from the embedding rule (captions name none), and so did every identity and watermark
     assert summary["source_evidence"] == {"embedding": len(truth)}
+    assert summary["from_images_only"] == {c: sum(c in g["categories"] for g in got) for c in ("identity", "watermark")}
 
 
 def test_tagged_copy_loads_and_the_input_is_untouched(tagged_blind, smoke_world, tmp_path):
