@@ -183,9 +183,9 @@ class Tagger:
         whitened by the exemplars' within-source covariance (where the differences between sources
         count, and those within one, such as shape and layout, do not); a cluster whose median
         Mahalanobis distance to the nearest source's exemplar mean exceeds ``NOVELTY`` times the
-        90th percentile of held-out exemplars' distances (4-fold) is one unknown origin. Every other image goes to the source a
-        linear classifier fitted on the source exemplars gives it. With no source exemplars, each
-        distinct image is its own origin."""
+        90th percentile of held-out exemplars' distances (4-fold) is one unknown origin. Every other
+        image goes to the source a linear classifier fitted on the source exemplars gives it. With no
+        source exemplars, each distinct image is its own origin."""
         todo = [i for i, s in enumerate(src) if s is None]
         if not todo:
             return
