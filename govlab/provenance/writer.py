@@ -170,7 +170,7 @@ class ProvenanceWriter(Hook):
         # the control variate's sums over the run's sampled steps so far (kept across checkpoints)
         self.cv = {"x": torch.zeros(n, dtype=torch.float64),
                    **{k: torch.zeros(n, b, dtype=torch.float64) for k in SHARES},
-                   # per band, over the drawn steps: squared residuals and squared control variates
+                   # per band, over the computed steps: squared residuals and squared control variates
                    **{f"{k}_{s}": torch.zeros(b, dtype=torch.float64) for k in SHARES for s in ("r2", "c2")}}
         self._ratio = {k: torch.zeros(n, b, dtype=torch.float64) for k in SHARES}
         self._reset()
@@ -329,9 +329,8 @@ class ProvenanceWriter(Hook):
             resid = y - c
             acc[k][ids] += resid / p
             acc[f"{k}_var"][ids] += (1.0 - p) / (p * p) * resid * resid
-            if p < 1.0:
-                self.cv[f"{k}_r2"] += (resid * resid * (c != 0)).sum(0)
-                self.cv[f"{k}_c2"] += (c * c).sum(0)
+            self.cv[f"{k}_r2"] += (resid * resid * (c != 0)).sum(0)  # every computed step, drawn or not
+            self.cv[f"{k}_c2"] += (c * c).sum(0)
         for k, v in zip(("x", *SHARES), (x, *figures)):
             self.cv[k].mul_(DECAY)
             self.cv[k][ids] += v
@@ -340,8 +339,8 @@ class ProvenanceWriter(Hook):
     def _finish_variance(self) -> None:
         """At a checkpoint: each estimate's variance is the larger of the design-based one (from its
         drawn steps) and a model-based one, which counts every step the group took part in: the
-        relative residual variance of the band's drawn steps so far times the group's squared
-        control variates (a group seen only on steps not drawn still gets an error; one with no
+        relative residual variance of the band's computed steps so far (the first, exact steps
+        too) times the group's squared control variates (a group seen only on steps not drawn still gets an error; one with no
         loss weight keeps 0)."""
         for k in SHARES:
             c2 = self.cv[f"{k}_c2"]
