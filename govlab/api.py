@@ -350,8 +350,24 @@ class Governance:
             self.writer.before_backward(self.ctx)
         return (per_sample * self.ctx.weights).mean()
 
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        """Clip the step's gradient between backward and step (in place of ``accelerator.
+        clip_grad_norm_``, which would find no gradient: the index's one-backward path sets them at
+        the optimizer's step). The index's per-source shares are scaled with the gradient, so they
+        still sum to what the optimizer applies. Returns the total norm before clipping."""
+        if self.ctx is None or getattr(self.ctx, "per_sample_loss", None) is None:
+            raise GovlabError("governance: clip_grad_norm_() between loss(...).backward() and optimizer.step()")
+        self._before_update()
+        self.ctx.finished = True
+        total = torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.grad is not None], max_norm,
+                                               norm_type)
+        shares = getattr(self.writer, "_shares", None) if self.writer is not None else None
+        if shares is not None:  # the factor clip_grad_norm_ applied to every gradient
+            shares.mul_(torch.clamp(max_norm / (total + 1e-6), max=1.0).to(shares.dtype))
+        return total
+
     def _before_update(self) -> None:
-        if self.ctx is not None and self.writer is not None:
+        if self.ctx is not None and self.writer is not None and not self.ctx.finished:
             self.writer.after_backward(self.ctx)
 
     def _after_update(self) -> None:
@@ -412,6 +428,7 @@ class _Ctx(StepContext):
     """A step of a foreign loop: the batch lives in the loop, so ``permute`` only composes the order."""
 
     perm = None
+    finished = False  # the step's gradients are set (clip_grad_norm_ took them before the step)
 
     def permute(self, perm: torch.Tensor) -> None:
         self.indices, self.weights = self.indices[perm], self.weights[perm]

@@ -87,6 +87,31 @@ def test_index_exact_on_foreign_denoisers(foreign, backbone):
     assert index_exact(foreign.pipes[backbone], foreign.data, list(range(8)), routed=False) <= 1e-5
 
 
+def test_gradient_clipping_scales_the_index_shares(foreign):
+    """``gov.clip_grad_norm_`` between backward and step clips the gradient the one-backward path
+    sets, and the per-source shares with it (they still sum to the applied gradient)."""
+    from govlab.api import Governance, GovernanceConfig
+    from govlab.bench.foreign import batch_inputs, load, per_sample
+
+    den, text, tok, _, _ = load(foreign.pipes["unet"])
+    gov = Governance(den, foreign.data, foreign.base / "clip", config=GovernanceConfig(memorization=None))
+    opt = gov.optimizer(lr=1e-4)
+    with pytest.raises(GovlabError, match="between loss"):
+        gov.clip_grad_norm_(1.0)
+    batch = gov.begin({"row": torch.arange(8)})
+    d, x, t, cond, target = batch_inputs(den, text, tok, gov.records, batch["row"].tolist())
+    gov.loss(per_sample(d, x, t, cond, target)).backward()
+    total = float(gov.clip_grad_norm_(1e-3))
+    params = gov.writer.params
+    grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    assert total > 1e-2 and float(grads.norm()) == pytest.approx(1e-3, rel=1e-4)
+    shares, ids = gov.writer._shares.clone(), gov.writer._ids
+    assert float((shares.sum(0) - grads).abs().max()) <= 1e-5 * float(grads.abs().max())
+    opt.step()
+    got = gov.writer.acc["grad_norm_sq"][ids].sum(1)  # the clipped shares went into the index
+    assert torch.allclose(got, shares.double().pow(2).sum(1), rtol=1e-5, atol=0)
+
+
 def test_index_figures_of_a_band_of_millions_of_parameters():
     """A foreign denoiser's band holds millions of parameters; torch's float32 norm and product over
     one row that long drift by about 1e-5 (the per-source figures read low against float64)."""
