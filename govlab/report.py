@@ -89,6 +89,9 @@ def write_report(out: Path, *, cfg, scores: dict, evaluator_acc: dict | None, tr
             by = scores.get("nearest_source_acc_by_source")
             if by:
                 lines += ["Nearest-source accuracy by source: " + json.dumps(by), ""]
+            if scores.get("n_sources") == 1:
+                lines += ["One source: every generation's nearest training image is that source's, so "
+                          "`nearest_source_acc` does not apply (None).", ""]
     if figures:
         lines += ["## Training", "", *_table(figures), ""]
         if "loss_first" in figures:

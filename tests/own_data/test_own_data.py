@@ -227,6 +227,26 @@ def test_empty_captions_refused_before_anything_is_written(own, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_single_source_folder_trains_and_the_report_says_what_does_not_apply(own, tmp_path):
+    from govlab.run import train_run
+
+    data, _, _ = own
+    folder = tmp_path / "one"
+    shutil.copytree(data, folder)
+    meta = folder / "metadata.jsonl"
+    meta.write_text("".join(x + "\n" for x in meta.read_text().splitlines() if '"archive"' in x))
+    cfg = from_dict({"data": str(folder), "train": {"steps": 2, "checkpoint_every": 2, "warmup_steps": 1,
+                                                    "batch_size": 8}, "eval": {"steps": 2}}, base=load_config("smoke"))
+    r = train_run(cfg, tmp_path / "run", progress=False)
+    assert r["scored_against"] == "own-data" and r["sources"] == ["archive"] and r["records"] == 14
+    assert r["nearest_source_acc"] is None and r["nearest_train_distance"] > 0
+    assert "does not apply" in (tmp_path / "run" / "report.md").read_text()
+    losses = json.loads((tmp_path / "run" / "loss.json").read_text())["loss"]
+    again = train_run(cfg, tmp_path / "run", resume=True, progress=False)  # the loss resumes with the checkpoint
+    assert json.loads((tmp_path / "run" / "loss.json").read_text())["loss"] == losses and len(losses) == 2
+    assert again["loss_first"] == r["loss_first"]
+
+
 def test_a_single_source_is_scored_without_a_source_figure():
     class One:
         sources = ["only"]
