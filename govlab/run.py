@@ -121,7 +121,7 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: l
                    "`model.safetensors`. Not made:\n\n" + "".join(f"- {k}: {v}\n" for k, v in failed.items()))
     write_manifest(out)  # last: the sha256 of every artifact
     if failed:
-        what, why = next(iter(failed.items()))
+        why = next(iter(failed.values()))
         raise GovlabError(f"{out}: trained {trainer.step} steps and saved (weights, checkpoint, report.md, "
                           f"manifest.json), but {', '.join(failed)} could not be made ({why}); report.md "
                           "says what and why")
