@@ -263,7 +263,8 @@ class ProvenanceIndex:
         """Total squared gradient norm per source and band."""
         ds = self.by_source()
         g = ds["grad_norm_sq"].sum("checkpoint")
-        out = {"granularity": self.ds.attrs["granularity"], "checkpoints": [int(c) for c in self.ds["checkpoint"].values],
+        out = {"granularity": self.ds.attrs["granularity"],
+               "checkpoints": [int(c) for c in self.ds["checkpoint"].values],
                "grad_norm_sq": {str(s): {str(b): float(g.sel(source=s, band=b)) for b in g["band"].values}
                                 for s in g["source"].values}, **self._estimated()}
         if self.mode == "sampled":

@@ -271,7 +271,8 @@ class ProvenanceWriter(Hook):
             self.layer_shares.begin(self._groups, local)
 
     def before_backward(self, ctx) -> None:
-        if self.layer_shares is None and self.computes(ctx.step):  # a model the one-backward path does not support: one backward per group
+        # a model the one-backward path does not support: one backward per group
+        if self.layer_shares is None and self.computes(ctx.step):
             self._shares = torch.stack(group_shares(ctx.per_sample_loss, ctx.weights, self._groups, self.params))
 
     def after_backward(self, ctx) -> None:
@@ -340,8 +341,8 @@ class ProvenanceWriter(Hook):
         """At a checkpoint: each estimate's variance is the larger of the design-based one (from its
         drawn steps) and a model-based one, which counts every step the group took part in: the
         relative residual variance of the band's computed steps so far (the first, exact steps
-        too) times the group's squared control variates (a group seen only on steps not drawn still gets an error; one with no
-        loss weight keeps 0)."""
+        too) times the group's squared control variates (a group seen only on steps not drawn
+        still gets an error; one with no loss weight keeps 0)."""
         for k in SHARES:
             c2 = self.cv[f"{k}_c2"]
             rho = torch.where(c2 > 0, self.cv[f"{k}_r2"] / torch.where(c2 > 0, c2, 1.0), 0.0)
