@@ -268,13 +268,23 @@ def run_signing_key(model_sha256: str) -> SigningKey:
     from govlab.data.cache import cache_dir
 
     d = cache_dir("c2pa-keys", model_sha256[:16])
+    os.chmod(d, 0o700)
     cert, key = d / "cert.pem", d / "key.pem"
     with FileLock(f"{d}.lock"):
         if not (cert.is_file() and key.is_file()):
             cert_pem, key_pem = make_self_signed(f"govlab run {model_sha256[:12]}")
-            with atomic_path(key) as tmp:
-                tmp.write_bytes(key_pem)
-            os.chmod(key, 0o600)
+            # the private key is owner-only from its first byte: created 0600 under a fresh
+            # name, then renamed onto key.pem (never world-readable, not even briefly)
+            tmp = d / f".key.pem.{os.getpid()}.tmp"
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(key_pem)
+                os.replace(tmp, key)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             with atomic_path(cert) as tmp:
                 tmp.write_bytes(cert_pem)
     return SigningKey(cert.read_bytes(), key.read_bytes(), "es256", True, str(d))

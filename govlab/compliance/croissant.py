@@ -14,7 +14,7 @@ import datetime
 import json
 from pathlib import Path
 
-from govlab.io import sha256_file, write_json, write_text
+from govlab.io import atomic_path, sha256_file
 
 CONTEXT = {  # the Croissant 1.1 context (as mlcroissant writes it), with PROV
     "@language": "en", "@vocab": "https://schema.org/", "sc": "https://schema.org/",
@@ -132,9 +132,13 @@ def write(run: Path, a: dict, records: list[dict]) -> dict:
              "admitted": r["admitted"], "rejection_reason": r["rejection_reason"],
              "opt_out_since_step": since.get(r["source_id"], -1),
              "image_sha256": sha256_file(root / r["file_name"])} for r in records]
-    write_text(run / RECORDS, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-    doc = document(run, a, sha256_file(run / RECORDS))
-    write_json(run / "croissant.json", doc)
+    # both files under temporary names first, then renamed records first: croissant.json never
+    # names the sha256 of a records file that is not (yet) there
+    with atomic_path(run / "croissant.json") as doc_tmp:
+        with atomic_path(run / RECORDS) as records_tmp:
+            records_tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+            doc = document(run, a, sha256_file(records_tmp))
+            doc_tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return {"run": str(run), "files": ["croissant.json", RECORDS], "records": len(rows),
             "admitted": sum(r["admitted"] for r in rows), "sources": len(a["sources"]),
             "statements": a.get("statements", [])}

@@ -170,7 +170,8 @@ def build(run: Path, a: dict, records: list[dict]) -> dict:
     sections = []
     for sid, title, names in SECTIONS:
         fields = s[sid]
-        assert list(fields) == names, (sid, list(fields))  # the template's order
+        if list(fields) != names:  # the template's order (an internal invariant, kept under python -O)
+            raise RuntimeError(f"EU summary section {sid}: fields {list(fields)}, the template's are {names}")
         sections.append({"id": sid, "title": title, "fields": fields})
     by = {sec["id"]: {f["filled_by"] for f in sec["fields"].values()} for sec in sections}
     fields = [f for sec in sections for f in sec["fields"].values()]

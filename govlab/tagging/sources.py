@@ -19,9 +19,10 @@ def check_mode(mode: str) -> str:
     raise GovlabError(f"--source-from {mode!r}: expected one of {MODES}")
 
 
-def slug(text: str) -> str:
-    """A source id from free text: lower case, runs of other characters as one '_'."""
-    return re.sub(r"[^a-z0-9.]+", "_", text.strip().lower()).strip("_")
+def slug(text: str) -> str | None:
+    """A source id from free text: lower case, runs of other characters as one '_'; None when
+    nothing is left (as of "©" or "---"), so that the next rule applies."""
+    return re.sub(r"[^a-z0-9.]+", "_", text.strip().lower()).strip("_") or None
 
 
 def domain(url: str) -> str | None:
@@ -35,7 +36,7 @@ def exif_owner(exif) -> tuple[str, str] | None:
         value = exif.get(tag) if exif else None
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
-        if isinstance(value, str) and value.strip(" \x00"):
+        if isinstance(value, str) and slug(value.strip(" \x00")):
             return name, value.strip(" \x00")
     return None
 
@@ -48,15 +49,18 @@ def source_from_fields(rec: dict, exif, mode: str) -> tuple[str, str] | None:
     if mode.startswith("field:"):
         name = mode.split(":", 1)[1]
         value = rec.get(name)
-        return (slug(str(value)), f"field {name}={value!r}") if value not in (None, "") else None
+        s = slug(str(value)) if value not in (None, "") else None
+        return (s, f"field {name}={value!r}") if s else None
     if mode.startswith("folder:"):
         level = int(mode.split(":", 1)[1])
         parts = PurePosixPath(rec["file_name"]).parts[:-1]
         if len(parts) < level:
             return None
-        return slug(parts[level - 1]), f"folder level {level} of {rec['file_name']!r}"
-    if mode in ("auto", "url") and isinstance(rec.get("url"), str) and (host := domain(rec["url"])):
-        return slug(host), f"url domain of {rec['url']!r}"
+        s = slug(parts[level - 1])
+        return (s, f"folder level {level} of {rec['file_name']!r}") if s else None
+    if mode in ("auto", "url") and isinstance(rec.get("url"), str) and (host := domain(rec["url"])) \
+            and (s := slug(host)):
+        return s, f"url domain of {rec['url']!r}"
     if mode in ("auto", "exif") and (owner := exif_owner(exif)):
         return slug(owner[1]), f"EXIF {owner[0]} {owner[1]!r}"
     return None

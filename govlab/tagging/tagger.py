@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from govlab.data.world import CATEGORIES
 from govlab.errors import GovlabError
-from govlab.io import read_text, write_json, write_text
+from govlab.io import _UMASK, read_text, write_json, write_text
 from govlab.tagging.sources import check_mode, source_from_fields
 from govlab.tagging.taxonomy import Taxonomy, load_taxonomy
 
@@ -357,6 +357,7 @@ def _write(root: Path, target: Path, records: list[dict], rows: list[Row], summa
         if target.exists():
             old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
             os.replace(target, old / "d")
+        os.chmod(tmp, 0o777 & ~_UMASK)  # a folder as mkdir makes it, not mkdtemp's owner-only one
         os.replace(tmp, target)
     except BaseException:
         if old is not None and not target.exists():

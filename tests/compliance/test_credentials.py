@@ -106,3 +106,14 @@ def test_own_key_and_a_mismatched_key(run, signing, tmp_path):
                  "--cert", cert, "--key", other_key)
     assert bad.exit_code != 0 and not (tmp_path / "no.png").exists()
     assert "does not match the certificate" in str(bad.exception) and str(other_key) in str(bad.exception)
+
+
+def test_run_key_is_owner_only(tmp_path, monkeypatch):
+    from govlab.compliance.credentials import run_signing_key
+
+    monkeypatch.setenv("GOVLAB_CACHE", str(tmp_path))
+    k = run_signing_key("ab" * 32)
+    d = tmp_path / "c2pa-keys" / ("ab" * 8)
+    assert (d.stat().st_mode & 0o777, (d / "key.pem").stat().st_mode & 0o777) == (0o700, 0o600)
+    assert sorted(p.name for p in d.iterdir()) == ["cert.pem", "key.pem"]  # no temporary file left
+    assert run_signing_key("ab" * 32).key_pem == k.key_pem  # made once, then read back

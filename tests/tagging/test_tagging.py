@@ -15,7 +15,9 @@ from govlab.bench.tagging import compare, without_source
 from govlab.data.dataset import load_dataset
 from govlab.data.world import CATEGORIES
 from govlab.errors import GovlabError
+from govlab.io import _UMASK
 from govlab.tagging import load_taxonomy, tag_folder
+from govlab.tagging.sources import slug, source_from_fields
 from govlab.tagging.world import EXEMPLARS, exemplar_records, hide_labels, write_exemplars
 
 GOVLAB = [str(Path(sys.executable).parent / "govlab")]
@@ -117,7 +119,9 @@ def test_sources_from_fields_and_one_per_unique_origin(tmp_path):
         ("b/z.png", "a circle", {"source_id": "given_src", "license": "CC0-1.0"}, {}),
         ("b/w.png", "nothing", {}, {}),
     ])
+    src.chmod(0o700)
     summary = tag_folder(src, tmp_path / "out", taxonomy=tax, progress=False)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~_UMASK  # as mkdir makes it, not owner-only
     got = {r["file_name"]: r for r in read(tmp_path / "out" / "metadata.jsonl")}
     assert got["a/x.png"]["source_id"] == "example.org" and got["a/y.png"]["source_id"] == "jane_doe"
     assert got["b/z.png"]["source_id"] == "given_src" and got["b/z.png"]["license"] == "CC0-1.0"
@@ -129,6 +133,15 @@ def test_sources_from_fields_and_one_per_unique_origin(tmp_path):
     tag_folder(src, tmp_path / "out2", taxonomy=tax, source_from="folder:1", progress=False)
     got = {r["file_name"]: r["source_id"] for r in read(tmp_path / "out2" / "metadata.jsonl")}
     assert got == {"a/x.png": "a", "a/y.png": "a", "b/z.png": "given_src", "b/w.png": "b"}
+
+
+def test_a_field_with_no_letters_or_digits_gives_no_source():
+    assert slug("©") is None and slug(" --- ") is None and slug("Jane Doe") == "jane_doe"
+    assert source_from_fields({"file_name": "x.png", "src": "---"}, None, "field:src") is None
+    assert source_from_fields({"file_name": "_/x.png"}, None, "folder:1") is None
+    assert source_from_fields({"file_name": "x.png"}, {0x013B: "©"}, "exif") is None
+    assert source_from_fields({"file_name": "x.png"}, {0x013B: "©", 0x8298: "ACME Ltd"}, "auto") == \
+        ("acme_ltd", "EXIF copyright 'ACME Ltd'")
 
 
 def test_a_source_without_exemplars_is_an_unknown_origin(tagged_blind, truth, tmp_path):
