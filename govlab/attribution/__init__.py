@@ -2,13 +2,13 @@
 retraining (leave-one-source-out, LDS), beside govlab.provenance's structural attribution."""
 
 from govlab.attribution.aggregate import per_source, ranking
-from govlab.attribution.compare import CompareConfig, compare
+from govlab.attribution.compare import CompareConfig, compare, summary_table
 from govlab.attribution.dtrak import dtrak_scores
-from govlab.attribution.lds import half_subsets, lds
+from govlab.attribution.lds import half_subsets, lds, lds_ci
 from govlab.attribution.probe import Probe, make_probe, model_output, probe_loss, prompt_probe, train_probe
 from govlab.attribution.retrain import retrain, retrain_all, retrain_dir
 from govlab.attribution.tracin import tracin_scores
 
-__all__ = ["CompareConfig", "Probe", "compare", "dtrak_scores", "half_subsets", "lds", "make_probe",
+__all__ = ["CompareConfig", "Probe", "compare", "dtrak_scores", "half_subsets", "lds", "lds_ci", "make_probe",
            "model_output", "per_source", "probe_loss", "prompt_probe", "ranking", "retrain", "retrain_all",
-           "retrain_dir", "tracin_scores", "train_probe"]
+           "retrain_dir", "summary_table", "tracin_scores", "train_probe"]

@@ -27,9 +27,16 @@ def dtrak_scores(model: TextToImage, checkpoints: list[str | Path], train: Probe
                  proj_dim: int = 512, seed: int = 0, regularization: float = 0.0,
                  batch_size: int = 16) -> torch.Tensor:
     """D-TRAK scores, shape ``(len(test), len(train))``; each example's feature averages its K draws
-    (D-TRAK's timesteps per example)."""
+    (D-TRAK's timesteps per example). Per checkpoint, with ``X`` the projected training features
+    (gradients over every trained parameter, divided by sqrt(#parameters) as dattri does) and ``x``
+    a test feature: ``x (X^T X + regularization I)^-1 X^T``, averaged over checkpoints. ``proj_dim``
+    must be below the number of training rows unless ``regularization`` > 0 (else X^T X is singular)."""
     if not checkpoints:
         raise GovlabError("D-TRAK needs at least one checkpoint (the run keeps them in checkpoints/)")
+    if proj_dim >= len(train) and regularization <= 0:
+        raise GovlabError(f"D-TRAK: proj_dim={proj_dim} is not below the {len(train)} training rows and "
+                          "regularization is 0, so the projected kernel X^T X is singular; use a smaller "
+                          "proj_dim or a positive regularization")
     net = Denoiser(model)
 
     def square(params, data):  # D-TRAK's output function, one example: its K draws as a batch

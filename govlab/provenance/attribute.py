@@ -43,6 +43,37 @@ def slot_ablation_scores(model, probe) -> list[dict]:
     return sorted(out, key=lambda r: (-r["score"], r["source"]))
 
 
+@torch.no_grad()
+def slot_evidence_scores(model, probe, caption: str = "") -> list[dict]:
+    """Structural attribution of a query that names no source: a prompt without a source's name, or an
+    image with no caption (``caption`` ""). For each source with a slot: how much its slot lowers the
+    diffusion loss of the query's own images (fixed noises and timesteps) when switched on, i.e. the
+    model's output with the caption ``caption`` plus the source's trigger words, minus the same with
+    the slot scaled to 0. The query's words choose no source: every source is tried, and the images
+    and the slots decide. Two loss evaluations per source, no sampling and no gradients; ranked,
+    largest first."""
+    from govlab.attribution.probe import Probe, model_output
+    from govlab.routing.config import RoutingConfig
+    from govlab.routing.slots import SLOTS_ATTR, scale_slot, slot_names
+
+    sequestered = set(RoutingConfig().sequestered)
+    sources = [s for s in slot_names(model) if s not in sequestered]
+    if not sources:
+        raise GovlabError("this model has no per-source slots (train with routing.mode: routed)")
+    phrases = getattr(model, "expansions", {}).get("caption_slots", {}).get("phrases", {})
+    saved = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(SLOTS_ATTR + ".")}
+    out = []
+    for s in sources:
+        trigger = " ".join(phrases[s][0]) if s in phrases else ""  # UNet-band slots act on any caption
+        text = ", by ".join(t for t in (caption, trigger) if t) if caption else (f"by {trigger}" if trigger else "")
+        named = Probe(probe.x0, model.tokenizer([text] * len(probe)), probe.noise, probe.timesteps)
+        on = model_output(model, named)
+        scale_slot(model, s, 0.0)
+        out.append({"source": s, "score": round(on - model_output(model, named), 8)})
+        model.load_state_dict(saved, strict=False)
+    return sorted(out, key=lambda r: (-r["score"], r["source"]))
+
+
 def structural(run: str | Path, prompt: str, *, n: int = 4, steps: int = 8, seed: int = 0) -> list[dict]:
     """Slot-ablation scores (``slot_ablation_scores``) of ``n`` images the run's model generates
     for ``prompt`` (``steps`` sampling steps, 4 fixed noises and timesteps each)."""

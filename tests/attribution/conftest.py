@@ -32,3 +32,34 @@ def tiny_run(tmp_path_factory, tiny_cfg, smoke_dataset):
     data, hooks = attach(tiny_cfg, smoke_dataset)
     trainer = Trainer(tiny_cfg, data, out, hooks=hooks, progress=False).fit()
     return out, trainer.model, data
+
+
+# The notebook's quick sizes: tests/attribution/test_attribution_notebook.py runs the same config in the
+# same cache, so its retrainings are made once per session.
+QUICK_CC = dict(n_subsets=4, n_images=1, k_test=2, k_dtrak=1, proj_dim=32, sample_steps=2)
+
+
+@pytest.fixture(scope="session")
+def compare_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("attr-cache")
+
+
+@pytest.fixture(scope="session")
+def quick_compare(compare_cache, smoke_cfg):
+    """``compare`` on the tiny routed config (retrained from scratch into a fresh cache)."""
+    import os
+
+    from govlab.attribution import CompareConfig, compare
+
+    cfg = from_dict({"name": "attr-nb-quick", **TINY}, base=smoke_cfg)
+    before, threads = os.environ.get("GOVLAB_CACHE"), torch.get_num_threads()
+    os.environ["GOVLAB_CACHE"] = str(compare_cache)
+    torch.set_num_threads(1)
+    try:
+        return compare(cfg, CompareConfig(**QUICK_CC), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+        if before is None:
+            del os.environ["GOVLAB_CACHE"]
+        else:
+            os.environ["GOVLAB_CACHE"] = before

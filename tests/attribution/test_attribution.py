@@ -52,8 +52,8 @@ def test_tracin_scores_are_deterministic_and_leave_the_model_unchanged(tiny_run)
 def test_dtrak_scores_are_deterministic(tiny_run):
     run, model, data = tiny_run
     checkpoints, train, test = _small(run, model, data, n=6)
-    a = dtrak_scores(model, checkpoints, train, test, proj_dim=32)
-    b = dtrak_scores(model, checkpoints, train, test, proj_dim=32)
+    a = dtrak_scores(model, checkpoints, train, test, proj_dim=4)
+    b = dtrak_scores(model, checkpoints, train, test, proj_dim=4)
     assert a.shape == (len(test), len(train)) and torch.equal(a, b) and torch.isfinite(a).all()
 
 
@@ -131,3 +131,93 @@ def test_cli_bad_input_is_one_clear_line(tiny_run, tmp_path, args, message):
     proc = govlab("attribute", target, "--prompt", PROMPT, *args)
     assert proc.returncode == 2 and message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def _grads(model, probe, fn):
+    """Per-example gradients over every trained parameter (slot banks included), by hand: one
+    backward per example of ``fn(model, x0, tokens, noise, t)`` on its draws; rows (n, #params)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for i in range(len(probe)):
+        k = probe.k
+        args = (probe.x0[i:i + 1].expand(k, *probe.x0.shape[1:]), probe.tokens[i:i + 1].expand(k, -1),
+                probe.noise[i], probe.timesteps[i])
+        g = torch.autograd.grad(fn(model, *args), params, allow_unused=True)
+        rows.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten() for x, p in zip(g, params)]))
+    return torch.stack(rows).double()
+
+
+def _at_checkpoints(model, checkpoints, fn):
+    from govlab.models.diffusion import TextToImage
+
+    state, was_training = {k: v.clone() for k, v in model.state_dict().items()}, model.training
+    model.eval()
+    try:
+        out = []
+        for c in checkpoints:
+            model.load_state_dict(TextToImage.load(c).state_dict())
+            out.append(fn())
+        return out
+    finally:
+        model.load_state_dict(state)
+        model.train(was_training)
+
+
+def test_tracin_equals_lr_times_summed_gradient_dot_products(tiny_run):
+    run, model, data = tiny_run
+    checkpoints, train, test = _small(run, model, data, n=4)
+    lr = 1e-3
+    got = tracin_scores(model, checkpoints, lr, train, test, sample_wise=False)
+
+    def per_draw_losses(m, x0, tokens, noise, t):  # the training loss of each draw: TracIn's loss
+        return m(x0, tokens, noise, t)
+
+    slot_cols = []
+
+    def by_hand():
+        g_test = _grads(model, test, lambda m, *a: per_draw_losses(m, *a).mean())  # averaged over test draws
+        g_train = _grads(model, train, lambda m, *a: per_draw_losses(m, *a).sum())  # summed over train draws
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        sizes = [p.numel() for p in model.parameters() if p.requires_grad]
+        slot_cols.append(torch.cat([torch.full((s,), "slot" in n) for n, s in zip(names, sizes)]))
+        return lr * g_test @ g_train.T, g_test, g_train
+
+    parts = _at_checkpoints(model, checkpoints, by_hand)
+    want = sum(p[0] for p in parts)
+    assert got.shape == want.shape == (len(test), len(train))
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-9 + 2e-3 * want.abs().max().item())
+    # the slot banks carry part of it: leaving them out (captum's per-batch layers) would change the scores
+    slots = slot_cols[0]
+    assert slots.any()
+    without = sum(lr * p[1][:, ~slots] @ p[2][:, ~slots].T for p in parts)
+    assert (without - want).abs().max() > 1e-3 * want.abs().max()
+
+
+def test_dtrak_equals_projected_gradients_and_the_kernel_solve(tiny_run):
+    from dattri.func.projection import random_project
+
+    run, model, data = tiny_run
+    checkpoints, train, test = _small(run, model, data, n=10)
+    proj_dim = 6  # below the 10 training rows: X^T X is invertible without damping
+    got = dtrak_scores(model, checkpoints, train, test, proj_dim=proj_dim, seed=3)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def square(m, x0, tokens, noise, t):  # D-TRAK's output: mean squared predicted noise over the draws
+        noisy = m.noise_scheduler.add_noise(x0, noise, t)
+        return m.predict_noise(noisy, t, m.text(tokens)).pow(2).mean()
+
+    def project(g, i):
+        p = random_project(g.float(), len(g), proj_dim=proj_dim, proj_max_batch_size=32, proj_seed=3, device="cpu")
+        return p(g.float(), ensemble_id=i).double()
+
+    feats = _at_checkpoints(model, checkpoints, lambda: (_grads(model, train, square) / n_params ** 0.5,
+                                                         _grads(model, test, square) / n_params ** 0.5))
+    want = 0
+    for i, (g_train, g_test) in enumerate(feats):
+        x, x_test = project(g_train, i), project(g_test, i)
+        want = want + x_test @ torch.linalg.solve(x.T @ x, x.T)
+    want = want / len(checkpoints)
+    assert got.shape == want.shape == (len(test), len(train))
+    torch.testing.assert_close(got, want, rtol=5e-3, atol=5e-3 * want.abs().max().item())
+    with pytest.raises(GovlabError, match="proj_dim=10 is not below the 10 training rows"):
+        dtrak_scores(model, checkpoints, train, test, proj_dim=10)
