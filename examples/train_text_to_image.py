@@ -79,6 +79,8 @@ def main(argv=None):
         noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
+    vae.to(accelerator.device)
+    text_encoder.to(accelerator.device)
     denoiser.train()
 
     dataset = load_dataset("imagefolder", data_dir=args.train_data_dir, split="train")

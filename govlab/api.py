@@ -72,13 +72,16 @@ class ExcludingSampler(torch.utils.data.Sampler[int]):
     """Dataset rows in a fresh shuffled order per epoch (seeded by ``(seed, epoch)``), without the
     excluded rows (``exclude``: from the next epoch on). ``consumed(n)`` advances its resume position
     by the rows actually trained (a DataLoader fetches ahead), so that a resumed sampler yields the
-    rest of the interrupted epoch, then the next epochs, exactly as an uninterrupted one."""
+    rest of the interrupted epoch, then the next epochs, exactly as an uninterrupted one. When a pass
+    yielded every row of its epoch and the loop then asks for a new one, the epoch is over even if
+    fewer rows were trained (a DataLoader with ``drop_last`` leaves out a last partial batch)."""
 
     def __init__(self, n: int, *, seed: int = 0):
         self.n, self.seed = n, seed
         self.excluded: set[int] = set()
         self.epoch, self.pos = 0, 0  # of the rows trained so far
         self._epoch_excluded: dict[int, list[int]] = {}
+        self._yielded: int | None = None  # the epoch of which a pass yielded every row
 
     def _order(self, epoch: int) -> list[int]:
         excluded = self._epoch_excluded.setdefault(epoch, sorted(self.excluded))
@@ -87,12 +90,15 @@ class ExcludingSampler(torch.utils.data.Sampler[int]):
         return [i for i in torch.randperm(self.n, generator=g).tolist() if i not in drop]
 
     def __iter__(self):
+        if self._yielded == self.epoch and self.pos:  # its last rows were left out (drop_last)
+            self.epoch, self.pos = self.epoch + 1, 0
         epoch, start = self.epoch, self.pos
         order = self._order(epoch)
         if start >= len(order):  # the last epoch was trained to its end
             epoch, start = epoch + 1, 0
             order = self._order(epoch)
         yield from order[start:]
+        self._yielded = epoch
 
     def __len__(self) -> int:
         return len(self._order(self.epoch)) - self.pos if self.pos < len(self._order(self.epoch)) else \
@@ -242,7 +248,13 @@ class Governance:
         from govlab.routing.hook import prepare
 
         self.cfg = config or GovernanceConfig()
+        m = self.cfg.memorization
+        if m is not None and m.mode == "monitor" and m.intervention == "regularize":
+            raise GovlabError("governance: memorization.intervention 'regularize' needs govlab's own trainer (it "
+                              "rewrites the batch's caption tokens or noises its caption encoder); a foreign loop "
+                              "takes none, attenuate, drop or deduplicate")
         self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
         self.records = dataset_records(dataset)
         self.model = Governed(denoiser)
         self.sources = sorted({r["source_id"] for r in self.records})
@@ -275,6 +287,23 @@ class Governance:
             self._bind_writer()
         self.optimizers: list[torch.optim.Optimizer] = []
         self.ctx = None
+        self._device = None
+
+    def _start(self) -> None:
+        """At the first step (after ``accelerator.prepare`` moved the denoiser): the adapters routing
+        added (outside the denoiser) moved to its device; fp16 mixed precision refused with the index on."""
+        if self.writer is not None:
+            from accelerate.state import AcceleratorState
+
+            if AcceleratorState._shared_state and AcceleratorState().mixed_precision == "fp16":
+                raise GovlabError("governance: mixed_precision 'fp16' (accelerate's GradScaler) with the provenance "
+                                  "index on: the index sets the gradients at the optimizer's step, after the "
+                                  "scaler's unscale and inf check; use mixed_precision 'bf16' or 'no'")
+        param = next(self.model.unet.parameters(), None)
+        self._device = param.device if param is not None else torch.device("cpu")
+        for name, child in self.model.named_children():
+            if name != "unet":
+                child.to(self._device)
 
     def _bind_writer(self) -> None:
         band_of = dict(self.router.band_of) if self.router is not None else {
@@ -315,6 +344,8 @@ class Governance:
         the index and the monitor's interventions set for it."""
         if "row" not in batch:
             raise GovlabError("governance: the batch has no 'row' (each sample's dataset row index)")
+        if self._device is None:
+            self._start()
         idx = torch.as_tensor(batch["row"]).cpu()
         self.sampler.consumed(len(idx))
         ctx = _Ctx(step=self.step, indices=idx, records=[self.records[i] for i in idx.tolist()], x0=None,
@@ -418,6 +449,7 @@ class Governance:
                                     **state["adapters"]})
         if self.monitor is not None:
             self.monitor.load_state_dict(state["monitor"])
+            self.monitor.applied = {}  # logged by checkpoint() after the state was saved
         if self.writer is not None:
             self.writer.load_state_dict(state["writer"])
             self._bind_writer()  # applies the resumed interval: index.nc rewritten at ``step``

@@ -1,5 +1,6 @@
 """Governance on a foreign diffusers loop: tiny random-weight pipelines built offline."""
 
+import json
 import subprocess
 import sys
 import types
@@ -155,3 +156,103 @@ def test_resume_with_state_of_another_config_is_refused(foreign):
                    config=GovernanceConfig(memorization=None, name="other"))
     with pytest.raises(GovlabError, match="another governance config"):
         b.load_state_dict(a.state_dict())
+
+
+def _train_rows(sampler, steps, *, drop_last=True, batch=4):
+    """The rows a ``while step < steps`` loop over a DataLoader trains, batch by batch."""
+    loader = torch.utils.data.DataLoader(list(range(sampler.n)), sampler=sampler, batch_size=batch,
+                                         drop_last=drop_last)
+    out = []
+    for _ in range(steps + 2):  # passes over the loader (one that yields nothing never ends the loop)
+        for b in loader:
+            sampler.consumed(len(b))
+            out.append(b.tolist())
+            if len(out) >= steps:
+                return out
+    raise AssertionError(f"{len(out)} of {steps} steps trained: passes over the loader yield nothing")
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_sampler_ends_an_epoch_whose_last_batch_is_partial(drop_last):
+    """10 rows in batches of 4: each epoch ends (``drop_last``: after 2 batches, else after 3), also
+    with excluded rows, and a run resumed at any step trains what an uninterrupted one does."""
+    from govlab.api import ExcludingSampler
+
+    s = ExcludingSampler(10, seed=3)
+    full = _train_rows(s, 9, drop_last=drop_last)
+    per_epoch = 2 if drop_last else 3
+    for e in range(3):
+        epoch = full[e * per_epoch:(e + 1) * per_epoch]
+        assert [len(b) for b in epoch] == ([4, 4] if drop_last else [4, 4, 2])
+        assert len({r for b in epoch for r in b}) == sum(len(b) for b in epoch)  # no row twice in an epoch
+    for cut in range(1, 9):
+        a = ExcludingSampler(10, seed=3)
+        head = _train_rows(a, cut, drop_last=drop_last)
+        b = ExcludingSampler(10, seed=3)
+        b.load_state_dict(a.state_dict())
+        assert head + _train_rows(b, 9 - cut, drop_last=drop_last) == full
+    s = ExcludingSampler(10, seed=3)  # a drop leaves 7 rows from the next epoch on
+    first = _train_rows(s, 2)
+    s.exclude(first[0][:3])
+    rest = _train_rows(s, 4)
+    assert [len(b) for b in rest] == [4, 4, 4, 4] and not {r for b in rest[2:] for r in b} & set(first[0][:3])
+
+
+def test_construction_makes_the_output_folder_and_refuses_regularize(foreign):
+    from govlab.api import Governance, GovernanceConfig
+    from govlab.bench.foreign import load
+    from govlab.memorization.config import MemorizationConfig
+
+    den, text, tok, vae, sched = load(foreign.pipes["unet"])
+    out = foreign.base / "new" / "out"
+    Governance(den, foreign.data, out, config=GovernanceConfig(routing=None, provenance=None, memorization=None))
+    assert out.is_dir()  # events.jsonl is written at the first check, before any save_state
+    for regularize in ("caption", "embedding"):
+        cfg = GovernanceConfig(routing=None, provenance=None, memorization=MemorizationConfig(
+            mode="monitor", intervention="regularize", regularize=regularize))
+        with pytest.raises(GovlabError, match="memorization.intervention 'regularize'"):
+            Governance(den, foreign.data, foreign.base / "reg", config=cfg, text_encoder=text, tokenizer=tok,
+                       scheduler=sched, vae=vae)
+
+
+def test_adapters_follow_the_denoiser_and_fp16_is_refused_with_the_index(foreign):
+    """The adapters live outside the denoiser (``accelerator.prepare`` moves only the denoiser): the
+    first step moves them to its device. accelerate's fp16 GradScaler would unscale no gradient."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from govlab.api import Governance, GovernanceConfig
+    from govlab.bench.foreign import load
+
+    den = load(foreign.pipes["unet"])[0]
+    gov = Governance(den, foreign.data, foreign.base / "dev", config=GovernanceConfig(memorization=None))
+    den.to("meta")  # stands in for accelerate's move to the GPU
+    gov._start()
+    assert {p.device.type for p in gov.model.parameters()} == {"meta"}
+    gov = Governance(load(foreign.pipes["unet"])[0], foreign.data, foreign.base / "fp16",
+                     config=GovernanceConfig(memorization=None))
+    try:
+        Accelerator(mixed_precision="fp16", cpu=True)
+        with pytest.raises(GovlabError, match="mixed_precision 'fp16'"):
+            gov.begin({"row": torch.arange(4)})
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_resume_does_not_log_the_saved_interventions_again(foreign):
+    """save_state runs before ``checkpoint()``, which logs the interventions the state still holds."""
+    from govlab.api import Governance, GovernanceConfig
+    from govlab.bench.foreign import load
+
+    den, text, tok, vae, sched = load(foreign.pipes["unet"])
+    kw = dict(config=GovernanceConfig(routing=None, provenance=None), text_encoder=text, tokenizer=tok,
+              scheduler=sched, vae=vae)
+    a = Governance(den, foreign.data, foreign.base / "ev", **kw)
+    a.step, a.monitor.applied = 2, {"attenuate": {1, 5}}
+    state = a.state_dict()  # save_state, then checkpoint() logs and clears
+    a.checkpoint(2)
+    b = Governance(den, foreign.data, foreign.base / "ev", **kw)
+    b.load_state_dict(state)
+    b.checkpoint(4)
+    events = [json.loads(line) for line in (foreign.base / "ev" / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "memorization_intervention"] == [1]
