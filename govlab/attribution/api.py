@@ -31,10 +31,12 @@ def _load(run: Path):
 
 
 def tracin(run: str | Path, prompt: str, *, n: int = 4, steps: int = 8, seed: int = 0) -> list[dict]:
-    """captum TracInCP over the run's checkpoints, summed per source; ranked best first."""
+    """captum TracInCP over the run's checkpoints and every trained parameter, summed per source; ranked
+    best first."""
     cfg, dataset, model, checkpoints = _load(Path(run))
     test = prompt_probe(model, prompt, n_images=n, k=4, seed=seed, steps=steps)
-    scores = tracin_scores(model, checkpoints, cfg.train.lr, train_probe(model, dataset, seed=seed), test)
+    scores = tracin_scores(model, checkpoints, cfg.train.lr, train_probe(model, dataset, seed=seed), test,
+                           sample_wise=False)  # every trained parameter, the slot banks included
     return ranking(per_source(scores.mean(0), dataset.records))
 
 
@@ -42,7 +44,8 @@ def dtrak(run: str | Path, prompt: str, *, n: int = 4, steps: int = 8, seed: int
     """D-TRAK (dattri's TRAK with the squared-output feature) over the run's checkpoints, per source."""
     _, dataset, model, checkpoints = _load(Path(run))
     test = prompt_probe(model, prompt, n_images=n, k=4, seed=seed, steps=steps)
-    scores = dtrak_scores(model, checkpoints, train_probe(model, dataset, k=4, seed=seed), test, seed=seed)
+    scores = dtrak_scores(model, checkpoints, train_probe(model, dataset, k=4, seed=seed), test, seed=seed,
+                          proj_dim=min(512, len(dataset) // 2))  # below the training rows: well-posed
     return ranking(per_source(scores.mean(0), dataset.records))
 
 
