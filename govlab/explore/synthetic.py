@@ -1,4 +1,4 @@
-"""Synthetic provenance indexes in the index schema (README, Provenance index): a test and benchmark FIXTURE.
+"""Synthetic provenance indexes in the index schema (docs/provenance-index.md, Schema): a test and benchmark FIXTURE.
 
 These are not training output. They let the explorer's tests and ``govlab bench explore`` run
 without training, at any size (10^7 per-sample cells). ``routed=True`` concentrates each artist's

@@ -16,7 +16,7 @@ SCORE_RANGE = {"noise": (0.0, math.inf), "regeneration": (0.0, 1.0)}
 # literature's extraction criterion and always flags; below 1/3 (ratio above 2/3) never does
 CALIBRATED_RANGE = {"noise": (0.0, math.inf), "regeneration": (1 / 3, 2 / 3)}
 # default k of a calibrated threshold (median + k MAD): the noise-magnitude score of one check is
-# noisy; k = 6 flagged 1 to 3 of the 8 planted images of the memorization preset, k = 3 all (README)
+# noisy; k = 6 flagged 1 to 3 of the 8 planted images of the memorization preset, k = 3 all (docs/memorization.md)
 CALIBRATE_K = {"noise": 3.0, "regeneration": 6.0}
 
 
@@ -46,7 +46,7 @@ class MemorizationConfig:
     start: int = 100
     threshold: float | None = None
     calibrate_k: float | None = None  # None: CALIBRATE_K[detector]
-    intervention: str = "drop"  # none | attenuate | regularize | drop | deduplicate (README)
+    intervention: str = "drop"  # none | attenuate | regularize | drop | deduplicate (docs/memorization.md)
     factor: float = 0.0  # attenuate: loss weight of a flagged sample
     regularize: str = "caption"  # caption | embedding
     strength: float = 0.5

@@ -37,7 +37,7 @@ class RoutingConfig:
       output; 0 removes it, and with it the model's only way to know which source a prompt names.
       Gradient routing alone does not do this: with slots on the cross-attention key/value
       projections (``style_band: cross_attention``) and the source's name in every layer's input,
-      the shared layers learnt the style (measured: README). ``mode: unrouted`` keeps the slots
+      the shared layers learnt the style (measured: docs/routing.md). ``mode: unrouted`` keeps the slots
       but routes neither the words nor the gradients.
     - ``semantics``, ``composition`` -> ``outer``, ``middle`` and ``cross_attention``: shapes,
       colours and layout are learnt at every depth, shared by all sources.
@@ -47,7 +47,7 @@ class RoutingConfig:
       by the words only that category's captions hold (``of``, ``person``; ``stock``), so it acts on
       the prompts that ask for it and on no other: an adapter on UNet layers
       (``sequester_targets``: layer patterns) acts on every sample, and the shared layers, trained
-      around its constant output, lost half their shape and style accuracy (measured: README).
+      around its constant output, lost half their shape and style accuracy (measured: docs/routing.md).
       ``identity: reject`` instead refuses identity samples at ingestion (logged to events.jsonl
       with file and reason).
 
