@@ -41,6 +41,24 @@ def read_text(path: str | Path) -> str:
         raise GovlabError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
+def json_lines(path: str | Path):
+    """Yield ``(line number, where, object)`` for each non-blank line of a JSON-lines file, read as
+    UTF-8 with an optional byte-order mark and any line ends (as Windows editors and spreadsheet
+    exports write them); a line that is not a JSON object is an error naming the file and line."""
+    text = read_text(path).removeprefix("\ufeff")
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GovlabError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise GovlabError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        yield lineno, where, rec
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

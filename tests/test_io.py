@@ -18,3 +18,17 @@ def test_atomic_write_is_all_or_nothing_with_ordinary_permissions(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("interrupted")
     assert path.read_text() == '{\n  "x": 1\n}\n' and os.listdir(tmp_path) == ["a.json"]
+
+
+def test_json_lines_reads_a_bom_and_crlf_and_names_a_bad_line(tmp_path):
+    from govlab.errors import GovlabError
+    from govlab.io import json_lines
+    from govlab.tagging.tagger import read_untagged
+
+    meta = tmp_path / "metadata.jsonl"
+    meta.write_bytes(b'\xef\xbb\xbf{"file_name": "a.png", "caption": "x"}\r\n\r\n{"file_name": "b.png", "caption": "y"}\r\n')
+    assert [(n, r["file_name"]) for n, _, r in json_lines(meta)] == [(1, "a.png"), (3, "b.png")]
+    assert [r["file_name"] for r in read_untagged(tmp_path)] == ["a.png", "b.png"]  # the tagger reads it too
+    meta.write_text('{"file_name": "a.png"}\n[1, 2]\n')
+    with pytest.raises(GovlabError, match=r"metadata\.jsonl line 2: expected a JSON object, got list"):
+        list(json_lines(meta))

@@ -14,7 +14,7 @@ from PIL import Image
 
 from govlab.data.world import CATEGORIES
 from govlab.errors import GovlabError
-from govlab.io import read_text
+from govlab.io import json_lines
 
 REQUIRED = {"file_name": str, "caption": str, "source_id": str, "categories": list,
             "license": str, "opt_out": bool}
@@ -87,17 +87,7 @@ def read_metadata(root: Path) -> list[dict]:
     meta = root / "metadata.jsonl"
     if not meta.is_file():
         raise GovlabError(f"{meta}: not found (a dataset folder needs images and metadata.jsonl)")
-    records = []
-    text = read_text(meta).removeprefix("\ufeff")  # a byte-order mark (Windows editors); CRLF splits too
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{meta} line {lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GovlabError(f"{where}: not valid JSON ({e.msg})") from None
-        records.append({**validate_record(rec, where), "_line": lineno})
+    records = [{**validate_record(rec, where), "_line": lineno} for lineno, where, rec in json_lines(meta)]
     if not records:
         raise GovlabError(f"{meta}: no records")
     return records

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from govlab.data.world import CATEGORIES
 from govlab.errors import GovlabError
-from govlab.io import _UMASK, read_text, write_json, write_text
+from govlab.io import _UMASK, json_lines, write_json, write_text
 from govlab.tagging.sources import check_mode, source_from_fields
 from govlab.tagging.taxonomy import Taxonomy, load_taxonomy
 
@@ -265,16 +265,7 @@ def read_untagged(root: Path) -> list[dict]:
     if not meta.is_file():
         raise GovlabError(f"{meta}: not found (tagging reads the captions from an imagefolder's metadata.jsonl)")
     records = []
-    for lineno, line in enumerate(read_text(meta).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{meta} line {lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GovlabError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(rec, dict):
-            raise GovlabError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for lineno, where, rec in json_lines(meta):  # a byte-order mark and CRLF line ends are accepted
         name = rec.get("file_name")
         if not isinstance(name, str) or not name:
             raise GovlabError(f"{where}: missing required field 'file_name'")
