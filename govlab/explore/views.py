@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import holoviews as hv
 import numba
+import pandas as pd
 from holoviews.operation.datashader import rasterize
 
 from govlab.errors import GovlabError
@@ -20,12 +21,19 @@ HEAT = dict(cmap="viridis", colorbar=True, tools=["hover"], xrotation=45, width=
             toolbar="above", default_tools=["save", "reset"])
 
 
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    """Text columns as Python objects: with pyarrow installed, pandas 3 stores text as Arrow arrays,
+    which HoloViews' heatmap aggregation cannot reshape (NotImplementedError in the page)."""
+    text = [c for c in df.columns if pd.api.types.is_string_dtype(df[c])]
+    return df.astype({c: object for c in text}) if text else df
+
+
 LABELS = {"update_share": "share of the applied update", "grad_norm_sq": "share of the squared gradient norm"}
 
 
 def influence_heatmap(run: Run, metric: str, checkpoint: int, clim: tuple | None = None) -> hv.HeatMap:
     """Source x band heatmap of each source's share of each band at one checkpoint."""
-    df = source_band(run, metric, checkpoint)
+    df = _plain(source_band(run, metric, checkpoint))
     share = hv.Dimension("share", label=LABELS[metric])
     interval = [c for c in ("estimate", "ci95_lo", "ci95_hi") if c in df]  # a sampled index: in the hover
     return hv.HeatMap(df, kdims=["band", "source"], vdims=[share, *interval]).opts(
@@ -35,7 +43,7 @@ def influence_heatmap(run: Run, metric: str, checkpoint: int, clim: tuple | None
 def timeline_heatmap(run: Run, metric: str, source: str) -> hv.HeatMap:
     """Band x checkpoint heatmap of one source's share over training."""
     df = band_timeline(run, metric, source)
-    df["checkpoint"] = df["checkpoint"].astype(str)
+    df = _plain(df.assign(checkpoint=df["checkpoint"].astype(str)))
     share = hv.Dimension("share", label=LABELS[metric])
     return hv.HeatMap(df, kdims=["checkpoint", "band"], vdims=[share]).opts(
         title=f"{run.name}: {source} over training", **HEAT)
@@ -59,8 +67,8 @@ def memorization_plot(run: Run) -> hv.Overlay:
     df = mem_events(run)
     if df.empty:
         raise GovlabError(f"{run.path}: no memorization events in events.jsonl (train with the monitor on)")
-    df = df.assign(sample=df["sample"].astype(str), action=df["action"].fillna("none").astype(str),
-                   threshold=df["threshold"].astype(float))
+    df = _plain(df.assign(sample=df["sample"].astype(str), action=df["action"].fillna("none").astype(str),
+                          threshold=df["threshold"].astype(float)))
     points = hv.Scatter(df, kdims=["step"], vdims=["score", "sample", "action", "threshold"]).opts(
         color="action", cmap="Category10", size=9, tools=["hover"], legend_position="top_left")
     thr = hv.Curve(df.sort_values("step"), kdims=["step"], vdims=["threshold"]).opts(
@@ -71,7 +79,7 @@ def memorization_plot(run: Run) -> hv.Overlay:
 
 def lineage_heatmap(run: Run) -> hv.HeatMap:
     """Per-prompt distances of the run to each base model of the lineage pool."""
-    df = lineage_table(run)
+    df = _plain(lineage_table(run))
     result = run.lineage
     verdict = f"fine-tuned from {result['base']}" if result.get("base") else "NULL"
     return hv.HeatMap(df, kdims=["base", "prompt"], vdims=["distance", "text"]).opts(
