@@ -12,7 +12,7 @@ from typing import Callable
 from filelock import FileLock, Timeout
 
 from govlab.data.dataset import Dataset, load_dataset
-from govlab.data.world import WORLD_VERSION, WorldConfig, generate_world
+from govlab.data.world import WorldConfig, generate_world
 from govlab.io import sha256_json
 
 
@@ -41,7 +41,7 @@ def build_once(path: str | Path, ready: Callable[[], bool], build: Callable[[], 
 
 def world_dir(cfg: WorldConfig, *, progress: bool = True) -> Path:
     """The embedded world for ``cfg``, generated once into the cache (atomically, by rename)."""
-    key = sha256_json({"version": WORLD_VERSION, **asdict(cfg)})[:16]
+    key = sha256_json(asdict(cfg))[:16]  # holds cfg.version: version 1's keys are those from before versions
     path = cache_dir("worlds") / key
 
     def build():

@@ -4,6 +4,16 @@ Every image is drawn from its own seed. Style belongs to the source (an artist's
 background texture and stroke), semantics is the shape, composition is position and count, a
 stock agency stamps a watermark glyph, a web crawl contributes photos of persons with identity
 glyphs, and a planted set of titled images is duplicated many times (memorization targets).
+
+Two versions (``WorldConfig.version``). Version 1 (the original world, kept byte for byte so that its
+runs and caches stay valid) has two confounds: the watermark is on exactly the stock images, which
+all share one grey look, and each artist has a palette of its own, so a palette names an artist.
+Version 2 (the default) removes both: the glyph is on a known share of the images of every kind of
+source (``WATERMARK_SHARE``: the agency licenses some artists' images, the crawl scraped some stock
+images), stock backgrounds are drawn from the artists' palettes, and each artist's style is a
+combination of palette, texture and stroke in which every one of the three is shared by two artists
+(``STYLES``), so that no single cue names an artist (palette and texture do, and so do texture and
+stroke). Captions never mention the watermark. Records carry the ground truth of every cue.
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ from tqdm.auto import tqdm
 from govlab.errors import GovlabError
 from govlab.io import atomic_path
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2  # the default version; 1 stays reproducible byte for byte
+WORLD_VERSIONS = (1, 2)
 SUPERSAMPLE = 4
 
 SHAPES = ("circle", "bar", "triangle", "cross")
@@ -66,6 +77,29 @@ WEBCRAWL_SOURCE, WEBCRAWL_LICENSE = "webcrawl", "unknown"
 PERSONS = ("person_0", "person_1", "person_2")
 SOURCES = tuple(a.source_id for a in ARTISTS) + (STOCK.source_id, WEBCRAWL_SOURCE)
 
+# ---- version 2: every cue shared, none naming a source ---------------------------------------------
+PALETTES = {  # name -> the two background colours a texture alternates between
+    "teal": ((30, 110, 110), (90, 175, 160)),
+    "sand": ((210, 185, 140), (150, 120, 80)),
+    "navy": ((25, 30, 70), (80, 95, 150)),
+}
+TEXTURES = ("hstripes", "dots", "diagonal", "gradient")  # gradient: the stock agency's
+STROKES = ("filled", "outline_dark", "outline_light")
+# artist -> (palette, texture, stroke): each palette, texture and stroke belongs to two artists, and each
+# pair (palette, texture) and (texture, stroke) to one: the artist is read from two cues, never one
+STYLES = {
+    "artist_0": ("teal", "hstripes", "filled"),
+    "artist_1": ("teal", "dots", "outline_dark"),
+    "artist_2": ("sand", "dots", "outline_light"),
+    "artist_3": ("sand", "diagonal", "filled"),
+    "artist_4": ("navy", "diagonal", "outline_dark"),
+    "artist_5": ("navy", "hstripes", "outline_light"),
+}
+STOCK_STYLE = (None, "gradient", "filled")  # the palette of a stock image is drawn from its seed
+# the share of each kind of image that carries the watermark glyph (drawn from the image's seed)
+WATERMARK_SHARE = {"artist": 0.2, "stock": 0.7, "identity": 0.2}
+GLYPH_ON, GLYPH_OFF, GLYPH_ALPHA = (255, 255, 255), (20, 20, 20), 0.85
+
 
 @dataclass(frozen=True)
 class WorldConfig:
@@ -80,8 +114,11 @@ class WorldConfig:
     dup_groups: int = 8
     dup_copies: int = 25
     caption_detail: float = 1.0  # probability that a shape caption names its colour, and its position
+    version: int = WORLD_VERSION  # 1: the original world (confounded cues), 2: every cue shared
 
     def __post_init__(self):
+        if self.version not in WORLD_VERSIONS:
+            raise ValueError(f"version must be one of {WORLD_VERSIONS}, got {self.version}")
         if not 1 <= self.n_artists <= len(ARTISTS):
             raise ValueError(f"n_artists must be in 1..{len(ARTISTS)}, got {self.n_artists}")
         if self.dup_groups > len(TITLES):
@@ -153,8 +190,12 @@ def _stamp(img: np.ndarray, glyph: np.ndarray, x0: int, y0: int, on, off=None, a
             region[where] = (1 - alpha) * region[where] + alpha * np.array(value, float)
 
 
-def render(attrs: dict, size: int) -> np.ndarray:
-    """Draw one image (uint8, (size, size, 3)) from its ground-truth attributes and seed."""
+def render(attrs: dict, size: int, version: int = WORLD_VERSION) -> np.ndarray:
+    """Draw one image (uint8, (size, size, 3)) from its ground-truth attributes and seed, as world
+    ``version`` draws it (version 2 reads the cues ``palette``, ``texture``, ``stroke`` and ``watermark``
+    from ``attrs``, each defaulting to the source's own: see ``cues``)."""
+    if version == 2:
+        return render_layers(attrs, size)[0]
     rng = np.random.default_rng(attrs["seed"])
     kind = attrs["kind"]
     artist = {a.source_id: a for a in ARTISTS + (STOCK,)}.get(attrs["source_id"])
@@ -187,6 +228,99 @@ def render(attrs: dict, size: int) -> np.ndarray:
         g = np.kron(WATERMARK_GLYPH, np.ones((size // 16 or 1,) * 2, bool))
         _stamp(img, g, size - g.shape[1] - 1, size - g.shape[0] - 1, on=(255, 255, 255), alpha=0.85)
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def cues(attrs: dict) -> dict:
+    """The version-2 style cues of an image: ``palette``, ``texture``, ``stroke`` as ``attrs`` gives
+    them, else the source's own (a stock image's palette drawn from its seed); all None for a photo
+    of a person; ``watermark`` as given, else False."""
+    kind = attrs["kind"]
+    if kind == "identity":
+        own = (None, None, None)
+    elif kind == "stock":
+        own = (list(PALETTES)[_extra(attrs["seed"])[1]],) + STOCK_STYLE[1:]
+    else:
+        own = STYLES[attrs["source_id"]]
+    got = {k: attrs.get(k) or v for k, v in zip(("palette", "texture", "stroke"), own)}
+    return {**got, "watermark": bool(attrs.get("watermark", False))}
+
+
+def _extra(seed: int) -> tuple[float, int]:
+    """Version 2's per-image draws beside the image's own stream: (a uniform deciding the watermark,
+    the index of a stock image's palette)."""
+    rng = np.random.default_rng([seed, 2])
+    return float(rng.random()), int(rng.integers(len(PALETTES)))
+
+
+def _texture_mask(texture: str, s: int, phase: int, axis: float, flip: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:s, 0:s]
+    if texture == "hstripes":
+        return (((yy + phase) // 2) % 2).astype(float)
+    if texture == "dots":
+        return (((xx + phase) % 3 == 0) & ((yy + phase) % 3 == 0)).astype(float)
+    if texture == "diagonal":
+        return (((xx + yy + phase) % 4) < 2).astype(float)
+    if texture == "gradient":
+        t = (yy if axis < 0.5 else xx) / (s - 1)
+        return t if flip < 0.5 else 1 - t
+    raise ValueError(f"unknown texture {texture!r} (known: {', '.join(TEXTURES)})")
+
+
+def watermark_box(size: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the pixels the watermark glyph covers in a ``size`` image (both versions)."""
+    g = np.kron(WATERMARK_GLYPH, np.ones((size // 16 or 1,) * 2, bool))
+    x0, y0 = size - g.shape[1] - 1, size - g.shape[0] - 1
+    return x0, y0, x0 + g.shape[1], y0 + g.shape[0]
+
+
+def render_layers(attrs: dict, size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A version-2 image and its layers: ``background`` (size, size) bool, the pixels into which the
+    background (the palette's colours) shows, i.e. those not wholly covered by a shape, its outline or
+    a person's glyph (the watermark glyph is translucent: the background shows through it); and
+    ``glyph``, the pixels the watermark glyph covers (whether or not it is stamped).
+
+    Every random draw comes from the image's seed in an order that does not depend on the cues, so
+    that two images differing in one cue (``watermark``, ``palette``) differ in its pixels only."""
+    rng = np.random.default_rng(attrs["seed"])
+    phase, axis, flip = int(rng.integers(0, 4)), rng.random(), rng.random()
+    jitter, jx, jy = rng.normal(0, 6, size=3), *rng.uniform(-0.04, 0.04, size=2)
+    c = cues(attrs)
+    kind = attrs["kind"]
+    if kind == "identity":
+        base = np.linspace(225, 185, size)[:, None, None] * np.ones((size, size, 3)) + jitter * 5 / 6
+    else:
+        a, b = (np.array(v, float) for v in PALETTES[c["palette"]])
+        m = _texture_mask(c["texture"], size, phase, axis, flip)[..., None]
+        base = np.clip(a * (1 - m) + b * m + jitter, 0, 255)
+    S = size * SUPERSAMPLE
+    big = Image.fromarray(base.astype(np.uint8)).resize((S, S), Image.NEAREST)
+    cover = Image.new("L", (S, S), 0)  # where a shape (or its outline) is drawn
+    centres = (POSITIONS_1 if attrs["count"] == 1 else POSITIONS_2)[attrs["position"]]
+    if kind != "identity":
+        outline = {"outline_dark": (15, 15, 15), "outline_light": (250, 250, 250)}.get(c["stroke"])
+        r = S * (0.22 if attrs["count"] == 1 else 0.2)
+        for fx, fy in centres:
+            for canvas, fill, line in ((ImageDraw.Draw(big), COLORS[attrs["color"]], outline),
+                                       (ImageDraw.Draw(cover), 255, 255 if outline else None)):
+                _draw_shape(canvas, attrs["shape"], (fx + jx) * S, (fy + jy) * S, r, fill, line,
+                            width=SUPERSAMPLE if outline else 0)
+    img = np.asarray(big.resize((size, size), Image.BOX), dtype=float).copy()
+    background = np.asarray(cover.resize((size, size), Image.BOX)) < 255
+    if kind == "identity":
+        glyph = IDENTITY_GLYPHS[attrs["identity"]]
+        g = np.kron(glyph, np.ones((size // 16 or 1,) * 2, bool))
+        fx, fy = centres[0]
+        x0 = int(np.clip(round((fx + jx) * size - g.shape[1] / 2), 0, size - g.shape[1]))
+        y0 = int(np.clip(round((fy + jy) * size - g.shape[0] / 2), 0, size - g.shape[0]))
+        _stamp(img, g, x0, y0, on=(60, 30, 20), off=(235, 190, 150))
+        background[y0:y0 + g.shape[0], x0:x0 + g.shape[1]] = False
+    x0, y0, x1, y1 = watermark_box(size)
+    glyph_mask = np.zeros((size, size), bool)
+    glyph_mask[y0:y1, x0:x1] = True
+    if c["watermark"]:
+        g = np.kron(WATERMARK_GLYPH, np.ones((size // 16 or 1,) * 2, bool))
+        _stamp(img, g, x0, y0, on=GLYPH_ON, off=GLYPH_OFF, alpha=GLYPH_ALPHA)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8), {"background": background, "glyph": glyph_mask}
 
 
 def caption_for(attrs: dict, *, color: bool = True, position: bool = True) -> str:
@@ -241,6 +375,8 @@ def world_records(cfg: WorldConfig) -> list[dict]:
         a = {**_random_attrs(rng, "artist", artist.source_id), "title": TITLES[g], "duplicate_group": g}
         attrs += [dict(a) for _ in range(cfg.dup_copies)]
     licenses = {a.source_id: a.license for a in ARTISTS + (STOCK,)} | {WEBCRAWL_SOURCE: WEBCRAWL_LICENSE}
+    if cfg.version == 2:
+        return [_record_v2(i, a, cfg, licenses) for i, a in enumerate(attrs)]
     records = []
     for i, a in enumerate(attrs):
         kind = a["kind"]
@@ -266,6 +402,31 @@ def world_records(cfg: WorldConfig) -> list[dict]:
     return records
 
 
+def _record_v2(i: int, a: dict, cfg: WorldConfig, licenses: dict) -> dict:
+    kind = a["kind"]
+    watermark = _extra(a["seed"])[0] < WATERMARK_SHARE[kind]
+    c = cues({**a, "watermark": watermark})
+    categories = {"artist": ["style", "semantics", "composition"], "stock": ["semantics", "composition"],
+                  "identity": ["identity", "composition"]}[kind] + (["watermark"] if watermark else [])
+    return {
+        "file_name": f"images/{i:06d}.png",
+        "caption": _caption(a, cfg.caption_detail),
+        "source_id": a["source_id"],
+        "categories": categories,
+        "license": licenses[a["source_id"]],
+        "opt_out": False,
+        "artist": a["source_id"] if kind == "artist" else None,
+        "shape": a["shape"], "color": a["color"], "position": a["position"], "count": a["count"],
+        "watermark": watermark,
+        "palette": c["palette"], "texture": c["texture"], "stroke": c["stroke"],
+        "identity": a.get("identity"),
+        "duplicate_group": a.get("duplicate_group", -1),
+        "title": a.get("title"),
+        "kind": kind,
+        "seed": a["seed"],
+    }
+
+
 def generate_world(cfg: WorldConfig, out: str | Path, *, progress: bool = True) -> Path:
     """Write the world as an imagefolder (``images/*.png`` + ``metadata.jsonl``) under ``out``.
 
@@ -281,11 +442,11 @@ def generate_world(cfg: WorldConfig, out: str | Path, *, progress: bool = True) 
     records = world_records(cfg)
     cache: dict[int, np.ndarray] = {}
     for r in tqdm(records, desc="world", disable=not progress, leave=False):
-        img = cache.setdefault(r["seed"], render(r, cfg.image_size))
+        img = cache.setdefault(r["seed"], render(r, cfg.image_size, cfg.version))
         with atomic_path(out / r["file_name"]) as tmp:
             Image.fromarray(img).save(tmp, format="PNG")
     with atomic_path(out / "metadata.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     with atomic_path(out / "world.json") as tmp:
-        tmp.write_text(json.dumps({"version": WORLD_VERSION, **asdict(cfg)}, indent=2))
+        tmp.write_text(json.dumps({"version": cfg.version, **asdict(cfg)}, indent=2))  # v1's bytes as before
     return out
