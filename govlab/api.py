@@ -37,19 +37,54 @@ from govlab.provenance.writer import ProvenanceWriter
 from govlab.routing.bands import model_presets
 from govlab.routing.config import RoutingConfig
 from govlab.routing.optim import RoutedAdamW
+from govlab.routing.policy import CAPTION
+from govlab.routing.slots import SLOTS_ATTR, TEXT_STATES
 
 STATE_FORMAT = "govlab-governance-1"
 
 
 def foreign_routing(**overrides) -> RoutingConfig:
-    """Routing for a foreign denoiser: no per-source caption slots (those need govlab's caption
-    encoder), style shared by all depths, identity and watermark sequestered in adapters beside the
-    caption key/value projections (derived for the model)."""
-    policy = {"style": ["outer", "middle", "cross_attention"], "semantics": ["outer", "middle", "cross_attention"],
+    """Routing for a foreign denoiser: every source with style samples owns a low-rank slot on the
+    text encoder's output (the denoiser's ``encoder_hidden_states``), switched on for that source's
+    samples, and a style sample's gradient reaches its own slot (and the trunk), not the shared
+    bands; semantics and composition are learnt at every depth; identity and watermark are
+    sequestered in adapters beside the caption key/value projections (derived for the model).
+    ``slot_rank=0`` leaves the slots out (style then needs shared bands in ``policy``)."""
+    policy = {"style": ["slot"], "semantics": ["outer", "middle", "cross_attention"],
               "composition": ["outer", "middle", "cross_attention"], "identity": ["identity"],
               "watermark": ["watermark"]}
-    return RoutingConfig(**{"mode": "routed", "slot_rank": 0, "policy": policy, "sequester_targets": ("kv",),
+    return RoutingConfig(**{"mode": "routed", "slot_rank": 4, "policy": policy, "sequester_targets": ("kv",),
                             **overrides})
+
+
+def text_states_dim(denoiser: nn.Module) -> int:
+    """The width of the text encoder's hidden states a diffusers denoiser reads (a UNet's
+    ``cross_attention_dim``, an MMDiT's ``joint_attention_dim``)."""
+    c = getattr(denoiser, "config", None)
+    dim = getattr(c, "joint_attention_dim", None) or getattr(c, "cross_attention_dim", None)
+    if isinstance(dim, (list, tuple)):
+        dim = dim[0] if len(set(dim)) == 1 else None
+    if not isinstance(dim, int):
+        raise GovlabError(f"governance: {type(denoiser).__name__} states no single text width (config "
+                          "cross_attention_dim or joint_attention_dim), so slots cannot act on the text "
+                          "encoder's output; set routing slot_rank=0")
+    return dim
+
+
+def check_text_encoder(text_encoder, tokenizer, dim: int) -> None:
+    """One forward of the text encoder on an empty prompt: it must return hidden states
+    (``last_hidden_state``, ``(batch, tokens, dim)``), which the denoiser reads and the slots act on."""
+    ids = (tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids if tokenizer is not None else torch.zeros(1, 1, dtype=torch.long))
+    param = next(iter(text_encoder.parameters()), None) if isinstance(text_encoder, nn.Module) else None
+    with torch.no_grad():
+        out = text_encoder(ids.to(param.device) if param is not None else ids, return_dict=True)
+    hidden = getattr(out, "last_hidden_state", None)
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[-1] != dim:
+        got = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else "none"
+        raise GovlabError(f"governance: the text encoder {type(text_encoder).__name__} returns no hidden states "
+                          f"(last_hidden_state) of shape (batch, tokens, {dim}) (got {got}); the denoiser reads "
+                          "them and the per-source slots act on them")
 
 
 @dataclass(frozen=True)
@@ -132,6 +167,12 @@ def dataset_records(dataset) -> list[dict]:
     else:
         cols = [c for c in dataset.column_names if c != "image"]
         table = dataset.select_columns(cols).to_dict()
+        if "file_name" not in table and "image" in dataset.column_names:  # an imagefolder: its image paths
+            from datasets import Image
+
+            paths = [(d or {}).get("path") for d in dataset.select_columns(["image"]).cast_column(
+                "image", Image(decode=False))["image"]]
+            table["file_name"] = [p or f"row {i}" for i, p in enumerate(paths)]
         rows = [dict(zip(table, vals)) for vals in zip(*table.values())]
     out = []
     for i, r in enumerate(rows):
@@ -143,7 +184,8 @@ def dataset_records(dataset) -> list[dict]:
         if not isinstance(r["categories"], (list, tuple)):
             raise GovlabError(f"governance: dataset record row {i}: 'categories' must be a list, got "
                               f"{r['categories']!r}")
-        out.append({**r, "categories": list(r["categories"]), "caption": r.get("caption", r.get("text", ""))})
+        out.append({**r, "categories": list(r["categories"]), "caption": r.get("caption", r.get("text", "")),
+                    "file_name": r.get("file_name") or f"row {i}"})
     return out
 
 
@@ -254,20 +296,25 @@ class Governance:
                               "rewrites the batch's caption tokens or noises its caption encoder); a foreign loop "
                               "takes none, attenuate, drop or deduplicate")
         self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.records = dataset_records(dataset)
         self.model = Governed(denoiser)
         self.sources = sorted({r["source_id"] for r in self.records})
         self.step = 0
         self.events = EventLog(self.out / "events.jsonl")
         self.sampler = ExcludingSampler(len(self.records), seed=seed)
-        self.router = self.table = self.rank = None
+        self.router = self.table = self.rank = self.slots = None
         r = self.cfg.routing
         if r is not None and r.mode != "off":
             if "kv" in r.sequester_targets:  # the caption key/value projections of this model
                 kv = model_presets(self.model)["cross_attention"].patterns
                 r = replace(r, sequester_targets=tuple(t for t in r.sequester_targets if t != "kv") + kv)
-            self.router = prepare(self.model, r, self.records)
+            caption = (r.slot_rank and r.style_band == CAPTION) or CAPTION in r.sequester_targets
+            dim = text_states_dim(denoiser) if caption else None
+            if caption and text_encoder is not None:
+                check_text_encoder(text_encoder, tokenizer, dim)
+            self.router = prepare(self.model, r, self.records, text_states=(denoiser, dim) if caption else None)
+            container = getattr(self.model, SLOTS_ATTR, {})
+            self.slots = container[TEXT_STATES].gate if TEXT_STATES in container else None
             if r.mode == "routed":
                 self.router.install()
                 self.table = self.router.table(self.records)
@@ -288,6 +335,7 @@ class Governance:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.ctx = None
         self._device = None
+        self.out.mkdir(parents=True, exist_ok=True)  # after every check: a refused setup writes nothing
 
     def _start(self) -> None:
         """At the first step (after ``accelerator.prepare`` moved the denoiser): the adapters routing
@@ -344,6 +392,12 @@ class Governance:
         the index and the monitor's interventions set for it."""
         if "row" not in batch:
             raise GovlabError("governance: the batch has no 'row' (each sample's dataset row index)")
+        if self.ctx is not None and self.writer is not None and getattr(self.ctx, "per_sample_loss", None) is not None:
+            raise GovlabError("governance: begin() again before optimizer.step(): gradient accumulation (several "
+                              "backward passes per optimizer step) is not supported with the provenance index on "
+                              "(a step's per-source shares come from its one backward); set "
+                              "gradient_accumulation_steps to 1, or turn the index off "
+                              "(GovernanceConfig(provenance=None))")
         if self._device is None:
             self._start()
         idx = torch.as_tensor(batch["row"]).cpu()
@@ -356,6 +410,8 @@ class Governance:
             self.writer.arrange(ctx)
         if self.router is not None and self.rank is not None:
             self.router.route(table=self.table[ctx.indices])
+        if self.slots is not None:
+            self.slots.set(ctx.records)
         if self.writer is not None:
             self.writer.before_forward(ctx)
         if self.monitor is not None:
@@ -374,6 +430,9 @@ class Governance:
         with the monitor's loss weights: ``mean(l_i * w_i)``."""
         if self.ctx is None:
             raise GovlabError("governance: loss() before begin(batch)")
+        if self.writer is not None and getattr(self.ctx, "per_sample_loss", None) is not None:
+            raise GovlabError("governance: loss() twice in one step: with the provenance index on, a step takes "
+                              "one loss and one backward (no gradient accumulation)")
         per_sample = per_sample.reshape(per_sample.shape[0], -1).mean(dim=1)
         self.ctx.weights = self.ctx.weights.to(per_sample.device, per_sample.dtype)
         self.ctx.per_sample_loss = per_sample
@@ -409,6 +468,8 @@ class Governance:
             self.writer.after_step(ctx)
         if self.router is not None:
             self.router.clear()
+        if self.slots is not None:
+            self.slots.clear()
         if self.monitor is not None:
             self.monitor.after_step(ctx)
         self.step += 1
@@ -421,6 +482,13 @@ class Governance:
         if self.monitor is not None:
             self.monitor.log_interventions(self.events, step - 1)
             self.monitor.save(self.out / "memorization.json")
+
+    def scale_slot(self, name: str, factor: float) -> int:
+        """Scale slot ``name`` (a source's slot, or a sequestered category's adapter) by ``factor``
+        wherever it acts; 0 removes it. Returns the number of layers changed."""
+        from govlab.routing.slots import scale_slot
+
+        return scale_slot(self.model, name, factor)
 
     def end(self, step: int | None = None) -> None:
         step = self.step if step is None else step

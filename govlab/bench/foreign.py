@@ -90,6 +90,8 @@ def routing_exact(pipeline: Path, data, rows) -> float:
     ref = {n: torch.zeros_like(p) for n, p in params.items()}
     for i, r in enumerate(order):
         gov.model.zero_grad(set_to_none=True)
+        if gov.slots is not None:  # the sample's own slots on, as in the routed batch
+            gov.slots.set([gov.records[r]])
         (per_sample(d, x[i:i + 1], t[i:i + 1], _rows(cond, slice(i, i + 1)), target[i:i + 1]) / len(order)).backward()
         allowed = gov.router.allowed(gov.records[r]["categories"], gov.records[r]["source_id"]) | (
             set() if any(c in gov.cfg.routing.sequestered for c in gov.records[r]["categories"]) else {"trunk"})
@@ -129,6 +131,8 @@ def index_exact(pipeline: Path, data, rows, routed: bool = True) -> float:
         gov.model.zero_grad(set_to_none=True)
         if gov.router is not None:
             gov.router.route(table=gov.table[torch.tensor(order)])
+        if gov.slots is not None:
+            gov.slots.set([gov.records[r] for r in order])
         loss = per_sample(d, x, t, cond, target)
         (loss[idx].sum() / len(order)).backward()
         if gov.router is not None:
@@ -139,6 +143,45 @@ def index_exact(pipeline: Path, data, rows, routed: bool = True) -> float:
                 band = gov.router.band_of[names[id(p)]] if gov.router is not None else "trunk"
                 want[g, w.bands.index(band)] += float(p.grad.double().pow(2).sum())
     return float((got - want).abs().max() / want.abs().max())
+
+
+def slot_removal(pipeline: Path, data, rows, steps: int = 3) -> dict:
+    """Per-source slots on the text encoder's output: after a few governed steps (a large learning
+    rate, so the slots move), one source's slot is zeroed (``Governance.scale_slot``); the
+    denoiser's outputs of that source's samples change, every other sample's stay bit for bit."""
+    from govlab.api import Governance, GovernanceConfig
+
+    den, text, tok, vae, sched = load(pipeline)
+    gov = Governance(den, data, tempfile.mkdtemp(), config=GovernanceConfig(provenance=None, memorization=None))
+    opt = gov.optimizer(lr=3e-2)
+    for step in range(steps):
+        batch = gov.begin({"row": torch.tensor(rows)})
+        d, x, t, cond, target = batch_inputs(den, text, tok, gov.records, batch["row"].tolist(), seed=step)
+        gov.loss(per_sample(d, x, t, cond, target)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    records = [gov.records[r] for r in rows]
+    d, x, t, cond, _ = batch_inputs(den, text, tok, gov.records, rows, seed=99)
+
+    def outputs():
+        gov.slots.set(records)
+        with torch.no_grad():
+            out = d.predict(x, t, cond)
+        gov.slots.clear()
+        return out
+
+    before = outputs()
+    with gov.slots.using():  # no slot on: the model every source shares
+        plain = d.predict(x, t, cond).detach()
+    source = next(r["source_id"] for r in records if r["source_id"] in gov.router.slot_sources)
+    layers = gov.scale_slot(source, 0.0)
+    after = outputs()
+    own = torch.tensor([r["source_id"] == source for r in records])
+    diff = (after - before).flatten(1).abs().amax(1)
+    return {"slot_rank": gov.cfg.routing.slot_rank, "slots": len(gov.router.slot_sources), "source": source,
+            "layers": layers, "own_changed": float(diff[own].min()), "others_changed": float(diff[~own].max()),
+            "own_back_to_shared": float((after[own] - plain[own]).abs().max()),
+            "ok": bool(diff[own].min() > 0 and diff[~own].max() == 0)}
 
 
 def overhead(pipeline: Path, data, rows, reps: int = 6) -> float:
@@ -233,12 +276,13 @@ def run(quick: bool = True, work: Path | None = None) -> dict:
     data = load_dataset("imagefolder", data_dir=str(data_dir), split="train")
     rows = list(range(8))
     out = {"changed_lines": changed_lines(), "backbones": list(BACKBONES), "quick": quick}
-    routing, index, index_unrouted, ratio, resume, det = [], [], [], [], [], []
+    routing, index, index_unrouted, ratio, resume, det, slots = [], [], [], [], [], [], []
     for b in BACKBONES:
         pipe = work / b
         if not (pipe / "model_index.json").is_file():
             build_tiny_pipeline(pipe, b)
         routing.append(routing_exact(pipe, data, rows))
+        slots.append(slot_removal(pipe, data, rows))
         index.append(index_exact(pipe, data, rows))
         index_unrouted.append(index_exact(pipe, data, rows, routed=False))
         ratio.append(overhead(pipe, data, rows, reps=4 if quick else 12))
@@ -248,7 +292,9 @@ def run(quick: bool = True, work: Path | None = None) -> dict:
                index_exact_unrouted_max_rel_err=max(index_unrouted),
                index_overhead_ratio=round(max(ratio), 3),
                index_overhead_ratio_by_backbone=dict(zip(BACKBONES, [round(r, 3) for r in ratio])),
-               resume_index_equal=all(resume), monitor_detectors_ok=all(det))
+               resume_index_equal=all(resume), monitor_detectors_ok=all(det),
+               slot_rank=slots[0]["slot_rank"], slot_removal_ok=all(s["ok"] for s in slots),
+               slot_removal_by_backbone=dict(zip(BACKBONES, slots)))
     assert all(map(math.isfinite, routing + index))
     return out
 

@@ -96,15 +96,22 @@ def per_sample_conv(x: torch.Tensor, g: torch.Tensor, shape, stride, padding, di
     return grad.reshape(b, *shape)
 
 
-def per_sample_bank(bank: SlotBank, x: torch.Tensor, g: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def per_sample_bank(bank: SlotBank, x: torch.Tensor, g: torch.Tensor,
+                    gate: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(parameter, per-sample gradients) of every ``down`` and ``up`` weight of a slot bank
-    (``up(down(x))``, no gate) for its input ``x`` and output gradient ``g``."""
+    (``up(down(x))``, each slot's part times its 0/1 ``gate`` (batch, slots) if given) for its input
+    ``x`` and output gradient ``g``."""
     downs, ups = list(bank.down.values()), list(bank.up.values())
     down, up = torch.cat(downs), torch.cat(ups, dim=1)
     if bank.kind == "linear":
-        h = F.linear(x, down)
-        gd, gu = per_sample_linear(x, g.matmul(up)), per_sample_linear(h, g)
+        h, gh = F.linear(x, down), g.matmul(up)
+        if gate is not None:
+            cols = ops.bcast(gate.to(h.dtype)[:, bank.col_slot], h, -1)
+            h, gh = h * cols, gh * cols
+        gd, gu = per_sample_linear(x, gh), per_sample_linear(h, g)
     else:
+        if gate is not None:
+            raise NotImplementedError("gated convolution slot banks")
         stride, padding, dilation = bank.geometry
         h = F.conv2d(x, down, None, stride, padding, dilation)
         gh = torch.einsum("bohw,or->brhw", g, up[:, :, 0, 0])
@@ -187,7 +194,8 @@ class LayerShares:
             return
         self.handles = [h for m in self.layers for h in (m.register_forward_pre_hook(self._input_hook),
                                                          m.register_forward_hook(self._layer_hook))]
-        self.handles += [bank.register_forward_hook(self._bank_hook) for bank in self.unet_banks]
+        self.handles += [h for bank in self.unet_banks for h in (bank.register_forward_pre_hook(self._input_hook),
+                                                                 bank.register_forward_hook(self._bank_hook))]
         self.handles += [self.model.text.register_forward_pre_hook(self._tokens_hook, prepend=True),
                          self.model.text.register_forward_hook(self._text_hook)]
 
@@ -276,11 +284,11 @@ class LayerShares:
     def _bank_hook(self, bank, args, out):
         if not self.active or not out.requires_grad:
             return
-        x = args[0].detach()
+        x, gate = args[0].detach(), (args[1] if len(args) > 1 else None)
 
         def on_grad(g):
             with torch.no_grad():
-                for p, per_row in per_sample_bank(bank, x, g):
+                for p, per_row in per_sample_bank(bank, x, g, gate):
                     self._put_rows(p, self._routed(p, per_row))
 
         out.register_hook(on_grad)

@@ -16,8 +16,8 @@ from govlab.routing.config import RoutingConfig
 from govlab.routing.optim import RoutedAdamW
 from govlab.routing.policy import CAPTION, RoutingPolicy, slot_band
 from govlab.routing.router import Router
-from govlab.routing.slots import (SLOTS_ATTR, banks, category_phrases, expand, expand_caption, plan_slots,
-                                  source_phrases)
+from govlab.routing.slots import (SLOTS_ATTR, banks, category_phrases, expand, expand_caption, expand_text_states,
+                                  plan_slots, source_phrases)
 
 
 def _key(name: str) -> str:
@@ -51,9 +51,13 @@ def param_groups(model: nn.Module, lr: float, slot_lr_scale: float) -> list[dict
     return [{"params": base}, {"params": slots, "lr": lr * slot_lr_scale}]
 
 
-def prepare(model: nn.Module, cfg: RoutingConfig, records: list[dict]) -> Router:
+def prepare(model: nn.Module, cfg: RoutingConfig, records: list[dict], *,
+            text_states: tuple[nn.Module, int] | None = None) -> Router:
     """Resolve bands and policy (one clear error per mistake), expand the model with slots and
-    adapters, and return the (not yet installed) router."""
+    adapters, and return the (not yet installed) router. ``text_states``: ``(denoiser, dim)`` of a
+    model without govlab's caption encoder: the caption slots act on the text encoder's output as
+    the denoiser reads it, switched on by each sample's record (``expand_text_states``) instead of
+    by words of its caption."""
     bands = make_bands(cfg.bands, model)
     base = [n for n, _ in model.named_parameters() if not n.startswith(SLOTS_ATTR + ".")]
     band_of = assign(base, bands)
@@ -69,12 +73,16 @@ def prepare(model: nn.Module, cfg: RoutingConfig, records: list[dict]) -> Router
         caption, phrases = [], {}
         if cfg.style_band == CAPTION and sources:
             caption += [(s, cfg.slot_rank, slot_band(s)) for s in sources]
-            phrases.update(source_phrases(model.tokenizer, sources))
+            if text_states is None:
+                phrases.update(source_phrases(model.tokenizer, sources))
         present = [c for c in adapters if any(c in r["categories"] for r in records)]
         if CAPTION in cfg.sequester_targets and present:  # an adapter with no samples has no triggers
             caption += [(c, cfg.sequester_rank, c) for c in present]
-            phrases.update(category_phrases(records, present))
-        if caption:
+            if text_states is None:
+                phrases.update(category_phrases(records, present))
+        if caption and text_states is not None:
+            expand_text_states(model, *text_states, caption)
+        elif caption:
             expand_caption(model, caption, phrases, private=cfg.mode == "routed")
     band_of.update(slot_bands(model))
     owned = set(band_of.values())

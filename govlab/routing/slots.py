@@ -15,6 +15,8 @@ reaches the rest of the model only by switching on its own slot.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 import zlib
 
@@ -25,7 +27,10 @@ from torch.nn import functional as F
 from govlab.errors import GovlabError
 from govlab.models.text import PAD, words
 from govlab.routing import ops
+from govlab.routing.bands import SLOT
 from govlab.routing.policy import CAPTION, slot_band
+
+SLOT_PREFIX = SLOT + ":"
 
 SLOTS_ATTR = "slots"
 
@@ -222,6 +227,92 @@ def expand_caption(model: nn.Module, slots: list[tuple[str, int, str]], phrases:
     model.expansions = {**getattr(model, "expansions", {}),
                         "caption_slots": {"slots": [list(x) for x in bank.slots],
                                           "phrases": {n: phrases[n] for n in bank.names}, "private": private}}
+
+
+class RecordGate:
+    """Which slots on an external text encoder's output act on each sample: a source's slot on the
+    samples of that source, a sequestered category's adapter on the samples of that category.
+
+    ``set(records)`` gates the next forward row by row (a governed step: the batch's records);
+    outside a step, the slots named by ``using`` act on every row (none by default: the model as
+    every source shares it)."""
+
+    def __init__(self, slots: list[tuple[str, int, str]]):
+        self.slots = [(n, b.startswith(SLOT_PREFIX)) for n, _, b in slots]
+        self.rows: torch.Tensor | None = None
+        self.fixed: frozenset[str] = frozenset()
+
+    def set(self, records: list[dict]) -> None:
+        self.rows = torch.tensor([[float(r["source_id"] == n if per_source else n in r["categories"])
+                                   for n, per_source in self.slots] for r in records])
+
+    def clear(self) -> None:
+        self.rows = None
+
+    @contextlib.contextmanager
+    def using(self, *names: str):
+        """Slots ``names`` act on every row inside (sampling a source's style: its slot on)."""
+        unknown = set(names) - {n for n, _ in self.slots}
+        if unknown:
+            raise GovlabError(f"no slot {sorted(unknown)[0]!r} on the text encoder's output (slots: "
+                              f"{', '.join(n for n, _ in self.slots) or 'none'})")
+        previous, self.fixed = self.fixed, frozenset(names)
+        try:
+            yield self
+        finally:
+            self.fixed = previous
+
+    def gate(self, batch: int) -> torch.Tensor | None:
+        """(batch, slots) 0/1, or None when no slot acts."""
+        if self.rows is not None:
+            if len(self.rows) != batch:
+                raise GovlabError(f"routing: the denoiser saw a batch of {batch} text states, the governed step "
+                                  f"has {len(self.rows)} samples (one forward per step, the batch as begin() "
+                                  "returned it)")
+            return self.rows if bool(self.rows.any()) else None
+        if not self.fixed:
+            return None
+        return torch.tensor([[float(n in self.fixed) for n, _ in self.slots]]).expand(batch, -1)
+
+
+TEXT_STATES = "text_states"  # the bank's name: slots on the text encoder's output, as the denoiser reads it
+
+
+def expand_text_states(model: nn.Module, denoiser: nn.Module, dim: int, slots: list[tuple[str, int, str]],
+                       argument: str = "encoder_hidden_states") -> RecordGate:
+    """Slots ``[(name, rank, band), ...]`` on the text encoder's output as ``denoiser`` reads it (its
+    ``argument``, ``(B, L, dim)``): a forward pre-hook of the denoiser adds the slots that the
+    returned ``RecordGate`` switches on, per sample. Any text encoder: the slots see only its hidden
+    states. The bank lives in ``model.slots`` (routed like any slot)."""
+    params = list(inspect.signature(denoiser.forward).parameters)
+    if argument not in params:
+        raise GovlabError(f"routing: {type(denoiser).__name__}.forward takes no {argument!r}, so slots cannot act "
+                          "on the text encoder's output")
+    position = params.index(argument)
+    if not hasattr(model, SLOTS_ATTR):
+        setattr(model, SLOTS_ATTR, nn.ModuleDict())
+    like = next(denoiser.parameters())
+    bank = SlotBank(TEXT_STATES, nn.Linear(dim, dim, bias=False, device=like.device, dtype=like.dtype), slots)
+    getattr(model, SLOTS_ATTR)[_key(TEXT_STATES)] = bank
+    gate = bank.gate = RecordGate(bank.slots)
+
+    def add_slots(module, args, kwargs):
+        given = argument in kwargs
+        states = kwargs.get(argument) if given else (args[position] if len(args) > position else None)
+        if not isinstance(states, torch.Tensor) or states.dim() != 3 or states.shape[-1] != dim:
+            raise GovlabError(f"routing: {type(module).__name__} was called without {argument} of shape (batch, "
+                              f"tokens, {dim}) (got {tuple(states.shape) if isinstance(states, torch.Tensor) else states!r}); "
+                              "the per-source slots act on the text encoder's hidden states")
+        on = gate.gate(states.shape[0])
+        if on is None:
+            return None
+        states = states + bank(states, on.to(states.device, states.dtype))
+        if given:
+            return args, {**kwargs, argument: states}
+        return (*args[:position], states, *args[position + 1:]), kwargs
+
+    denoiser.register_forward_pre_hook(add_slots, with_kwargs=True)
+    return gate
 
 
 def restore(model: nn.Module, expansions: dict) -> None:

@@ -256,3 +256,71 @@ def test_resume_does_not_log_the_saved_interventions_again(foreign):
     b.checkpoint(4)
     events = [json.loads(line) for line in (foreign.base / "ev" / "events.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["event"] == "memorization_intervention"] == [1]
+
+
+@pytest.mark.parametrize("backbone", ["unet", "sd3"])
+def test_zeroing_a_source_slot_on_the_text_states_changes_that_source_only(foreign, backbone):
+    """Per-source slots on the text encoder's output (``encoder_hidden_states``): after a few
+    governed steps, zeroing one source's slot changes its samples' predictions (back to the shared
+    model's, exactly) and no other sample's, bit for bit."""
+    from govlab.bench.foreign import slot_removal
+
+    got = slot_removal(foreign.pipes[backbone], foreign.data, list(range(8)), steps=2)
+    assert got["slot_rank"] > 0 and got["layers"] == 1
+    assert got["own_changed"] > 0 and got["others_changed"] == 0 and got["own_back_to_shared"] == 0
+
+
+def test_text_states_slots_refuse_bad_input(foreign):
+    """A text encoder without hidden states, a denoiser called without them, an unknown slot."""
+    from govlab.api import Governance, GovernanceConfig
+    from govlab.bench.foreign import load
+
+    den, text, tok, vae, sched = load(foreign.pipes["unet"])
+
+    class PooledOnly(nn.Module):  # a text encoder that returns only a pooled vector
+        def forward(self, ids, **kw):
+            return types.SimpleNamespace(pooler_output=torch.zeros(len(ids), 32))
+
+    out = foreign.base / "no-hidden"
+    with pytest.raises(GovlabError, match="PooledOnly returns no hidden states"):
+        Governance(den, foreign.data, out, text_encoder=PooledOnly(), tokenizer=tok, scheduler=sched,
+                   config=GovernanceConfig(provenance=None, memorization=None))
+    assert not out.exists()  # nothing written
+    gov = Governance(load(foreign.pipes["unet"])[0], foreign.data, foreign.base / "slots-bad",
+                     config=GovernanceConfig(provenance=None, memorization=None))
+    x = torch.randn(2, 4, 16, 16)
+    with pytest.raises(GovlabError, match=r"without encoder_hidden_states of shape \(batch, tokens, 32\)"):
+        gov.model.unet(x, torch.tensor([1, 1]), encoder_hidden_states=torch.randn(2, 16, 8))
+    with pytest.raises(GovlabError, match="no slot 'nobody' on the text encoder's output"):
+        with gov.slots.using("nobody"):
+            pass
+    with pytest.raises(GovlabError, match="no slot 'nobody'"):
+        gov.scale_slot("nobody", 0.0)
+
+
+def test_gradient_accumulation_with_the_index_is_refused(foreign):
+    """Two backward passes before one optimizer step: the index's per-source shares come from one
+    backward, so the second ``begin`` (or a second ``loss``) is one clear error."""
+    from govlab.api import Governance, GovernanceConfig
+    from govlab.bench.foreign import batch_inputs, load, per_sample
+
+    den, text, tok, _, _ = load(foreign.pipes["unet"])
+    gov = Governance(den, foreign.data, foreign.base / "accum", config=GovernanceConfig(memorization=None))
+    gov.optimizer(lr=1e-4)
+    batch = gov.begin({"row": torch.arange(4)})
+    d, x, t, cond, target = batch_inputs(den, text, tok, gov.records, batch["row"].tolist())
+    loss = per_sample(d, x, t, cond, target)
+    gov.loss(loss).backward(retain_graph=True)
+    with pytest.raises(GovlabError, match="loss\\(\\) twice in one step"):
+        gov.loss(loss)
+    with pytest.raises(GovlabError, match="gradient accumulation .* not supported with the provenance index"):
+        gov.begin({"row": torch.arange(4, 8)})
+
+
+def test_a_model_no_band_matches_is_refused_before_anything_is_written(foreign):
+    from govlab.api import Governance
+
+    out = foreign.base / "no-band"
+    with pytest.raises(GovlabError, match="holds no diffusers UNet .* or SD3-style MMDiT"):
+        Governance(nn.Sequential(nn.Linear(2, 2)), foreign.data, out)
+    assert not out.exists()
