@@ -128,7 +128,7 @@ def attenuate(run: Path, source: str = typer.Option(..., help="Source whose slot
               out: Path = typer.Option(..., help="New run directory to write."),
               as_json: bool = JSON):
     """Scale one source's routing slot and write a new run with a report of the effect."""
-    from govlab.routing.attenuate import attenuate_run
+    from govlab.studies.attenuate import attenuate_run
 
     result = attenuate_run(run_dir(run), source, factor, out, progress=not as_json)
     b, a = result["before"], result["after"]
@@ -175,7 +175,7 @@ def attribute(run: Path, prompt: str = typer.Option(..., help="Prompt whose gene
               as_json: bool = JSON):
     """Rank the sources behind a prompt's generations."""
     import govlab.attribution.api  # noqa: F401  (registers tracin, dtrak)
-    from govlab.provenance.attribute import attribute as run_attribution
+    from govlab.attribution.structural import attribute as run_attribution
 
     for name, value in (("-n", n), ("--steps", steps)):
         if value < 1:
@@ -242,7 +242,7 @@ def audit_memorization(run: Path, n: int = typer.Option(4, "-n", help="Generatio
                        seed: int = typer.Option(0, help="Sampling seed."),
                        as_json: bool = JSON):
     """Count training images a run reproduces from their captions (ratio criterion, pixel and feature space)."""
-    from govlab.memorization.audit import audit_run
+    from govlab.studies.audit import audit_run
 
     r = audit_run(run_dir(run), sample=sample, n=n, steps=steps, seed=seed, progress=not as_json)
     summary = {k: v for k, v in r.items() if k != "items"}

@@ -1,5 +1,5 @@
 """TracIn and D-TRAK on a trained run, registered as methods of ``govlab attribute`` (beside
-govlab.provenance's structural method, with its signature)."""
+the structural method of ``govlab.attribution.structural``, with its signature)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 from govlab.attribution.aggregate import per_source, ranking
 from govlab.attribution.dtrak import dtrak_scores
 from govlab.attribution.probe import prompt_probe, train_probe
+from govlab.attribution.structural import METHODS
 from govlab.attribution.tracin import tracin_scores
 from govlab.errors import GovlabError
-from govlab.provenance.attribute import METHODS
 from govlab.train import CHECKPOINT_DIR
 
 

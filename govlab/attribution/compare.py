@@ -3,7 +3,7 @@
 Three query sets, each answered by every method that can: prompts naming an artist (``named``),
 prompts naming none (``unnamed``) and generated images with no caption (``images``: the images the
 model generated for the named prompts, attributed as pictures, not captions). Methods: structural
-(slot ablation on a named prompt, slot evidence on the others: ``govlab.provenance.attribute``), the
+(slot ablation on a named prompt, slot evidence on the others: ``govlab.attribution.structural``), the
 name-reading baseline (1 for the source a prompt names, 0 for every other; named prompts only), TracIn
 over every trained parameter and D-TRAK. Ground truth is (a) leave-one-source-out retraining and (b)
 the linear datamodeling score over random half-subsets of the sources, with a 95% bootstrap interval
@@ -26,13 +26,13 @@ from govlab.attribution.dtrak import dtrak_scores
 from govlab.attribution.lds import half_subsets, lds, lds_ci
 from govlab.attribution.probe import Probe, cat_probes, model_output, prompt_probe, train_probe
 from govlab.attribution.retrain import retrain, retrain_all
+from govlab.attribution.structural import slot_ablation_scores, slot_evidence_scores
 from govlab.attribution.tracin import tracin_scores
 from govlab.config import RunConfig
 from govlab.data.cache import build_once, cache_dir, run_dataset
 from govlab.data.world import ARTISTS, COLORS, POSITIONS_1, SHAPES, caption_for
 from govlab.io import read_text, sha256_json, write_json
 from govlab.models.diffusion import TextToImage
-from govlab.provenance.attribute import slot_ablation_scores, slot_evidence_scores
 from govlab.routing.hook import attach
 from govlab.train import CHECKPOINT_DIR
 

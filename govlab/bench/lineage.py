@@ -5,8 +5,8 @@ from __future__ import annotations
 from govlab.bench.train import interleaved
 from govlab.lineage.api import default_prompts, prompt_distances
 from govlab.lineage.features import get_extractor
-from govlab.lineage.study import accuracy, evaluate, split_accuracy, zoo_boxes, zoo_features
 from govlab.lineage.zoo import cached_zoo
+from govlab.studies.lineage import accuracy, evaluate, split_accuracy, zoo_boxes, zoo_features
 
 K, MODELS = 100, 8
 # Without --quick, accuracy at this k too: in this world the distances of fine-tunes to their bases

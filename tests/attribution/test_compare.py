@@ -9,9 +9,9 @@ import torch
 from govlab.attribution import lds, lds_ci, summary_table
 from govlab.attribution.compare import METHODS, QUERY_SETS
 from govlab.attribution.probe import Probe, model_output, prompt_probe
+from govlab.attribution.structural import slot_evidence_scores
 from govlab.data.world import SOURCES
 from govlab.errors import GovlabError
-from govlab.provenance.attribute import slot_evidence_scores
 from govlab.routing.config import RoutingConfig
 from govlab.routing.slots import scale_slot, slot_names
 
@@ -104,9 +104,9 @@ def test_slot_evidence_equals_the_loss_change_of_each_hypothesised_slot(tiny_run
 
 
 def test_slot_evidence_needs_slots(smoke_cfg):
+    from govlab.data.cache import run_dataset
     from govlab.models.diffusion import TextToImage
     from govlab.train import build_model
-    from govlab.data.cache import run_dataset
 
     model = build_model(smoke_cfg, run_dataset(smoke_cfg, progress=False))
     assert isinstance(model, TextToImage)

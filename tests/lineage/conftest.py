@@ -21,7 +21,7 @@ def extractor():
 @pytest.fixture(scope="session")
 def zoo_prompts(quick_zoo):
     from govlab.lineage.api import default_prompts
-    from govlab.lineage.study import zoo_boxes
+    from govlab.studies.lineage import zoo_boxes
 
     boxes = zoo_boxes(quick_zoo)
     return default_prompts([boxes[m.name] for m in quick_zoo.bases])
@@ -29,6 +29,6 @@ def zoo_prompts(quick_zoo):
 
 @pytest.fixture(scope="session")
 def zoo_features(quick_zoo, zoo_prompts, extractor):
-    from govlab.lineage.study import zoo_features
+    from govlab.studies.lineage import zoo_features
 
     return zoo_features(quick_zoo, zoo_prompts, k=K, extractor=extractor)

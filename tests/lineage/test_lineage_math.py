@@ -264,7 +264,7 @@ def test_pool_hygiene_reports_none_where_the_pool_is_too_small_to_flag_a_pair():
 
 def test_split_accuracy_counts_finetunes_and_scratch_apart():
     from govlab.lineage.decision import LineageResult
-    from govlab.lineage.study import Verdict, split_accuracy
+    from govlab.studies.lineage import Verdict, split_accuracy
 
     def v(name, expected, base):
         return Verdict(name, expected, LineageResult(decision="fine-tuned" if base else "NULL", base=base, votes=[],

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from govlab.errors import GovlabError
 from govlab.lineage.api import lineage, lineage_from_features, load_pool
 from govlab.lineage.sampling import load_model
-from govlab.lineage.study import evaluate
+from govlab.studies.lineage import evaluate
 
 GOVLAB = [str(Path(sys.executable).parent / "govlab")]
 K = 100

@@ -164,7 +164,7 @@ def test_audit_reseals_a_sealed_run_and_refuses_a_changed_one(smoke_run, tmp_pat
 
     from govlab.cli import app
     from govlab.errors import GovlabError
-    from govlab.memorization.audit import audit_run
+    from govlab.studies.audit import audit_run
 
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)

@@ -1,10 +1,10 @@
-"""``python -m govlab.memorization.experiment``: its arguments (the trainings themselves are mocked)."""
+"""``python -m govlab.studies.memorization``: its arguments (the trainings themselves are mocked)."""
 
 from unittest import mock
 
 import pytest
 
-from govlab.memorization import experiment
+from govlab.studies import memorization as experiment
 
 
 def test_default_is_every_intervention_and_unknown_names_are_refused(tmp_path, capsys):

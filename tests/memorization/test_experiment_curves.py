@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from govlab.memorization.experiment import score_curves
+from govlab.studies.memorization import score_curves
 
 
 def test_recent_auc_averages_each_caption_over_its_last_checks_once_per_check(tmp_path):

@@ -238,7 +238,7 @@ def test_a_monitored_run_logs_flags_and_interventions(smoke_run):
 
 
 def test_experiment_command_refuses_an_unknown_intervention(tmp_path, capsys):
-    from govlab.memorization.experiment import main
+    from govlab.studies.memorization import main
 
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path), "forget"])

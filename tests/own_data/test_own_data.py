@@ -143,8 +143,9 @@ class Copier:
 
 
 def test_audit_lists_and_shows_extracted_images_beside_their_training_image(own, tmp_path, monkeypatch):
-    from govlab.memorization.audit import audit, audit_run
+    from govlab.memorization.audit import audit
     from govlab.models.diffusion import TextToImage
+    from govlab.studies.audit import audit_run
 
     data, out, _ = own
     run = tmp_path / "run"

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from govlab.models.diffusion import TextToImage
-from govlab.routing.attenuate import attenuate_run
 from govlab.run import train_run
+from govlab.studies.attenuate import attenuate_run
 
 GOVLAB = [str(Path(sys.executable).parent / "govlab")]
 

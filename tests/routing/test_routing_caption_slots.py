@@ -68,7 +68,7 @@ def test_triggers_are_source_names_and_words_only_a_category_holds(tiny_cfg, smo
 
 def test_slot_ablation_skips_only_slots_the_prompt_cannot_switch_on(tiny_cfg, smoke_dataset):
     from govlab.attribution.probe import make_probe, model_output
-    from govlab.provenance.attribute import slot_ablation_scores
+    from govlab.attribution.structural import slot_ablation_scores
     from govlab.routing.slots import SLOTS_ATTR, acting_slots
 
     model = expanded(tiny_cfg, smoke_dataset, "routed")

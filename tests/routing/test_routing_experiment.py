@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from govlab.routing.experiment import configs, seed_summary
+from govlab.studies.localization import configs, seed_summary
 
 
 def row(source, others):
@@ -33,14 +33,14 @@ def test_extra_seeds_shift_the_training_seed_and_the_names(tiny_cfg):
 
 
 def test_bad_seed_count_is_one_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "govlab.routing.experiment", str(tmp_path), "--seeds", "0"],
+    proc = subprocess.run([sys.executable, "-m", "govlab.studies.localization", str(tmp_path), "--seeds", "0"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--seeds must be >= 1, got 0" in proc.stderr
     assert not any(tmp_path.iterdir())
 
 
 def test_missing_config_is_one_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "govlab.routing.experiment", str(tmp_path / "w"), "--config",
+    proc = subprocess.run([sys.executable, "-m", "govlab.studies.localization", str(tmp_path / "w"), "--config",
                            str(tmp_path / "nope.yaml")], capture_output=True, text=True)
     assert proc.returncode == 2 and "nope.yaml: config file not found" in proc.stderr
     assert not (tmp_path / "w").exists()

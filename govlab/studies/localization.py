@@ -14,16 +14,16 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from govlab.config import RunConfig
+from govlab.config import RunConfig, load_config
 from govlab.data.cache import run_dataset
 from govlab.errors import GovlabError
 from govlab.eval.scores import score_model
 from govlab.io import write_json
 from govlab.models.diffusion import TextToImage
-from govlab.routing.attenuate import effect
 from govlab.routing.hook import attach
 from govlab.routing.slots import scale_slot
-from govlab.train import Trainer, clear_run
+from govlab.studies.attenuate import effect
+from govlab.train import CHECKPOINT, Trainer, clear_run
 
 TRAININGS = ("routed", "retrain", "unrouted")
 
@@ -49,8 +49,6 @@ def train_one(cfg: RunConfig, out: str | Path, *, exclude: str | None = None, un
               progress: bool = False) -> Path:
     """Train (or reuse, or resume) one model into ``out``; ``exclude`` drops that source's records
     first; ``until`` stops early at a checkpoint (call again to continue)."""
-    from govlab.train import CHECKPOINT
-
     out = Path(out)
     spec = {"config_hash": cfg.hash(), "exclude": exclude}
     marker = out / "experiment.json"
@@ -162,16 +160,14 @@ def seed_summary(pairs: list[tuple[dict, dict]]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m govlab.routing.experiment WORKDIR [--preset P] [--config FILE] [--artist A]
+    """``python -m govlab.studies.localization WORKDIR [--preset P] [--config FILE] [--artist A]
     [--per-prompt N] [--seeds S]``: the localization experiment (three trainings under ``WORKDIR``,
     two more per extra seed, reused when present) on the preset, overridden by FILE (e.g. another
     ``routing.style_band``); writes ``WORKDIR/localization.json`` and prints the summary as one
     JSON line."""
     import argparse
 
-    from govlab.config import load_config
-
-    p = argparse.ArgumentParser(prog="python -m govlab.routing.experiment")
+    p = argparse.ArgumentParser(prog="python -m govlab.studies.localization")
     p.add_argument("workdir")
     p.add_argument("--preset", default="routed")
     p.add_argument("--config", default=None, help="a YAML config overriding the preset")

@@ -8,8 +8,16 @@ import shutil
 import uuid
 from pathlib import Path
 
+from govlab.config import from_dict, read_yaml
+from govlab.data.cache import run_dataset
 from govlab.errors import GovlabError
+from govlab.eval.own_data import score_data
 from govlab.io import write_json, write_text
+from govlab.models.diffusion import TextToImage
+from govlab.provenance.manifest import write_manifest
+from govlab.report import save_sample_grids
+from govlab.routing.slots import scale_slot, slot_names
+from govlab.train import check_replaceable, clear_run
 
 
 def _others(by_artist: dict, source: str):
@@ -33,15 +41,6 @@ def effect(scores: dict, source: str) -> dict:
 def attenuate_run(run: str | Path, source: str, factor: float, out: str | Path, *, progress: bool = False) -> dict:
     """Scale ``source``'s slot by ``factor`` (0 removes it) and write a new run directory ``out`` with
     the model, the config, scores, ``attenuation.json`` and a report of the effect."""
-    from govlab.config import from_dict, read_yaml
-    from govlab.data.cache import run_dataset
-    from govlab.eval.own_data import score_data
-    from govlab.models.diffusion import TextToImage
-    from govlab.provenance.manifest import write_manifest
-    from govlab.report import save_sample_grids
-    from govlab.routing.slots import scale_slot, slot_names
-    from govlab.train import check_replaceable, clear_run
-
     run, out = Path(run), Path(out)
     if not (run / "config.yaml").is_file():
         raise GovlabError(f"{run}: not a govlab run directory (no config.yaml)")

@@ -8,14 +8,17 @@ from dataclasses import replace
 from pathlib import Path
 from statistics import fmean
 
-from govlab.config import RunConfig
+from govlab.config import RunConfig, from_dict, load_config
 from govlab.data.cache import run_dataset
 from govlab.errors import GovlabError
 from govlab.hooks import EventLog
-from govlab.memorization.audit import audit_run, is_planted
+from govlab.io import write_json
+from govlab.memorization.audit import is_planted
 from govlab.memorization.config import INTERVENTIONS
 from govlab.memorization.detectors import detection_auc
 from govlab.memorization.monitor import read_monitor
+from govlab.run import train_run
+from govlab.studies.audit import audit_run
 
 
 def configs(cfg: RunConfig, interventions=INTERVENTIONS) -> dict[str, RunConfig]:
@@ -67,9 +70,6 @@ def run_experiment(cfg: RunConfig, workdir: str | Path, *, interventions=INTERVE
                    sample: int | None = None, progress: bool = False) -> dict:
     """Train and audit (``sample`` captions, default all) one run per intervention under ``workdir``;
     writes ``experiment.json``."""
-    from govlab.io import write_json
-    from govlab.run import train_run
-
     workdir = Path(workdir)
     records = run_dataset(cfg, progress=progress).records
     results = {}
@@ -93,15 +93,13 @@ def read_experiment(workdir: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m govlab.memorization.experiment OUT [--detector D] [--config FILE] [INTERVENTION ...]``:
+    """``python -m govlab.studies.memorization OUT [--detector D] [--config FILE] [INTERVENTION ...]``:
     the ``memorization`` preset (overlaid with ``FILE``), one training and audit per intervention,
     each under ``OUT/NAME`` (its own ``experiment.json``), one JSON line per intervention (without
     the curves) on stdout."""
     import argparse
 
-    from govlab.config import from_dict, load_config
-
-    p = argparse.ArgumentParser(prog="python -m govlab.memorization.experiment")
+    p = argparse.ArgumentParser(prog="python -m govlab.studies.memorization")
     p.add_argument("out")
     p.add_argument("--detector", default="regeneration", choices=("noise", "regeneration"))
     p.add_argument("--config", help="a YAML file overlaid on the preset, e.g. world: {caption_detail: 1}")
