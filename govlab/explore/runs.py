@@ -1,12 +1,12 @@
-"""Read what a govlab run wrote (index.nc, events.jsonl, lineage.json, PNGs), with clear errors.
+"""The explorer's view of runs: a run directory (``govlab.rundir.RunDir``) with its provenance
+index read through ``govlab.provenance.index`` (one schema, one reader: ``index.nc`` or a per-sample
+run's ``index.parts/``), and the tables the views draw.
 
 Nothing here imports Panel: these are plain loaders and tables that the explorer's views draw.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -15,109 +15,55 @@ import pandas as pd
 import xarray as xr
 
 from govlab.errors import GovlabError
+from govlab.provenance.index import UNITS, ProvenanceIndex, check, open_file, unit_of
+from govlab.rundir import RunDir
 
-UNITS = ("source", "sample")  # the first dimension of the index: cohort or per-sample granularity
+__all__ = ["LAZY_BYTES", "METRICS", "UNITS", "Run", "load_runs", "open_index", "validate_index"]
+
 METRICS = ("update_share", "grad_norm_sq")
 LAZY_BYTES = 64 << 20  # indexes larger than this stay on disk and are read one checkpoint at a time
 
 
 def open_index(path: str | Path) -> xr.Dataset:
-    """Open and check a provenance index (the index schema of the README); GovlabError names what is wrong."""
+    """Open and check one provenance index file (``govlab.provenance.index.open_file``: the index
+    schema, docs/provenance-index.md); GovlabError names what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise GovlabError(f"{path}: no provenance index (index.nc) in this run")
-    try:
-        ds = xr.open_dataset(path)
-    except (OSError, ValueError):
-        raise GovlabError(f"{path}: not a netCDF file, so not a govlab provenance index") from None
-    try:
-        validate_index(ds, path)
-    except GovlabError:
-        ds.close()
-        raise
-    return ds.load() if ds.nbytes <= LAZY_BYTES else ds
+    return open_file(path, lazy_bytes=LAZY_BYTES)
 
 
 def validate_index(ds: xr.Dataset, where: str | Path = "index") -> str:
-    """Check the variables and dimensions the explorer reads; returns the unit dim (source|sample)."""
-    need = ("grad_norm_sq", "update_share", "steps_seen")
-    if not any(v in ds.data_vars for v in need):
-        raise GovlabError(f"{where}: not a govlab provenance index (none of {', '.join(need)})")
-    for v in need:
-        if v not in ds.data_vars:
-            raise GovlabError(f"{where}: provenance index lacks variable {v!r}")
-    dims = ds["grad_norm_sq"].dims
-    if len(dims) != 3 or dims[0] not in UNITS or dims[1:] != ("band", "checkpoint"):
-        raise GovlabError(f"{where}: grad_norm_sq has dims {dims}, expected (source|sample, band, checkpoint)")
-    unit = dims[0]
-    if ds["update_share"].dims != dims:
-        raise GovlabError(f"{where}: update_share has dims {ds['update_share'].dims}, expected {dims}")
-    if ds["steps_seen"].dims != (unit, "checkpoint"):
-        raise GovlabError(f"{where}: steps_seen has dims {ds['steps_seen'].dims}, expected ({unit}, checkpoint)")
-    if "mem_score" in ds.data_vars and ds["mem_score"].dims != ("sample", "checkpoint"):
-        raise GovlabError(f"{where}: mem_score has dims {ds['mem_score'].dims}, expected (sample, checkpoint)")
+    """Check ``ds`` against the index schema (``govlab.provenance.index.check``) and that it has
+    something to draw; returns the unit dim (source|sample)."""
+    check(ds, Path(where))
+    unit = unit_of(ds)
     for d in (unit, "band", "checkpoint"):
         if ds.sizes[d] == 0:
             raise GovlabError(f"{where}: the index has no {d}")
     return unit
 
 
-def attr_json(ds: xr.Dataset, name: str, default=None):
-    """An attribute stored as a JSON string (netCDF rejects dicts), decoded."""
-    value = ds.attrs.get(name)
-    if value is None:
-        return default
-    try:
-        return json.loads(value) if isinstance(value, str) else value
-    except json.JSONDecodeError:
-        return value
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Entries of a JSON-lines file; a bad line is an error naming the file and line."""
-    out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GovlabError(f"{path}:{i}: not a JSON line ({e.msg})") from None
-        if not isinstance(entry, dict):
-            raise GovlabError(f"{path}:{i}: expected a JSON object")
-        out.append(entry)
-    return out
-
-
-@dataclass
-class Run:
+class Run(RunDir):
     """One run directory as the explorer sees it; each part loads on first use."""
 
-    path: Path
-    name: str = field(default="")
-
-    def __post_init__(self):
-        self.path = Path(self.path)
-        if not self.path.is_dir():
-            raise GovlabError(f"{self.path}: run directory not found")
-        if not (self.path / "config.yaml").is_file() and not (self.path / "index.nc").is_file():
-            raise GovlabError(f"{self.path}: not a govlab run directory (no config.yaml or index.nc)")
-        self.name = self.name or self.path.name
+    def __init__(self, path: str | Path, name: str = ""):
+        super().__init__(path)
+        self.name = name or self.path.name
 
     @cached_property
     def index(self) -> xr.Dataset:
-        return open_index(self.path / "index.nc")
-
-    @property
-    def has_index(self) -> bool:
-        return (self.path / "index.nc").is_file()
+        """The run's provenance index: ``index.nc``, or a per-sample run's ``index.parts/``."""
+        return self.read_index(lazy_bytes=LAZY_BYTES)
 
     @cached_property
     def unit(self) -> str:
-        return validate_index(self.index, self.path / "index.nc")
+        return validate_index(self.index, self.path / "index.nc" if (self.path / "index.nc").is_file()
+                              else self.path / "index.parts")
 
     @property
     def checkpoints(self) -> list[int]:
+        """The checkpoints of the index (steps)."""
         return [int(c) for c in self.index["checkpoint"].values]
 
     @property
@@ -125,36 +71,14 @@ class Run:
         return [str(b) for b in self.index["band"].values]
 
     @cached_property
+    def provenance(self) -> ProvenanceIndex:
+        """The index's queries (``ProvenanceIndex``), not matched to the model."""
+        return ProvenanceIndex(self.index, self.path)
+
+    @cached_property
     def sources(self) -> list[str]:
-        """Sources of the index: its ``source`` dim, or a per-sample ``source`` coordinate."""
-        ds = self.index
-        if self.unit == "source":
-            return [str(s) for s in ds["source"].values]
-        coord = sample_sources(ds)
-        return sorted({str(s) for s in np.unique(coord.values)}) if coord is not None else []
-
-    @cached_property
-    def events(self) -> list[dict]:
-        path = self.path / "events.jsonl"
-        return read_jsonl(path) if path.is_file() else []
-
-    @cached_property
-    def lineage(self) -> dict | None:
-        """The object printed by ``govlab lineage --target RUN ... --json``, saved as ``lineage.json``."""
-        path = self.path / "lineage.json"
-        if not path.is_file():
-            return None
-        try:
-            result = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise GovlabError(f"{path}: not JSON ({e.msg})") from None
-        if not isinstance(result, dict) or not isinstance(result.get("votes"), list) or not result["votes"]:
-            raise GovlabError(f"{path}: not a govlab lineage result (no per-prompt votes)")
-        return result
-
-    @property
-    def model_path(self) -> Path:
-        return self.path / "model.safetensors"
+        """Sources of the index: its ``source`` dim, or those of a per-sample ``source_id`` coordinate."""
+        return self.provenance.sources
 
     @cached_property
     def preview(self):
@@ -164,24 +88,17 @@ class Run:
         return AttenuationPreview(self)
 
 
-def sample_sources(ds: xr.Dataset) -> xr.DataArray | None:
-    """The per-sample source coordinate of a per-sample index, if it has one."""
-    for name in ("source", "source_id"):
-        if name in ds.coords and ds[name].dims == ("sample",):
-            return ds[name]
-    return None
-
-
 def load_runs(paths) -> tuple[list[Run], list[str]]:
-    """Runs named on the command line, each checked up front (index, events, lineage files):
-    ``(runs that load, one error message per run that does not)``."""
+    """Runs named on the command line, each checked up front (index, events, memorization and
+    lineage files): ``(runs that load, one error message per run that does not)``."""
     runs, errors = [], []
     for p in paths:
         try:
             run = Run(Path(p))
             if run.has_index:
-                run.unit  # noqa: B018 - opens and validates index.nc
+                run.unit  # noqa: B018 - opens and validates the index
             run.events  # noqa: B018
+            run.memorization  # noqa: B018
             run.lineage  # noqa: B018
         except GovlabError as e:
             errors.append(str(e))
@@ -211,14 +128,10 @@ def _share(da: xr.DataArray, unit: str) -> xr.DataArray:
 
 
 def _by_source(run: Run, metric: str) -> xr.DataArray:
-    """The metric per source (a per-sample index summed over each source's samples)."""
-    da = _metric(run.index, metric)
-    if run.unit == "source":
-        return da
-    coord = sample_sources(run.index)
-    if coord is None:
-        raise GovlabError(f"{run.path}: per-sample index without a per-sample source coordinate")
-    return da.groupby(coord.rename("source")).sum()
+    """The metric per source (``ProvenanceIndex.by_source``: a per-sample index summed over each
+    source's samples)."""
+    _metric(run.index, metric)
+    return run.provenance.by_source()[metric]
 
 
 def source_band(run: Run, metric: str, checkpoint: int) -> pd.DataFrame:
@@ -259,8 +172,10 @@ def sample_grid(run: Run, metric: str, checkpoint: int) -> tuple[np.ndarray, np.
 
 
 def mem_events(run: Run) -> pd.DataFrame:
-    """Memorization flags of events.jsonl (``event`` starting ``mem``): step, sample, score, threshold, action."""
-    rows = [e for e in run.events if str(e.get("event", "")).startswith("mem")]
+    """Memorization flags of events.jsonl (the monitor's ``memorization_flag``; any ``mem*flag``
+    event): step, sample, score, threshold, action."""
+    rows = [e for e in run.events if str(e.get("event", "")).startswith("mem")
+            and str(e.get("event", "")).endswith("flag")]
     cols = ["event", "step", "sample", "score", "threshold", "action"]
     if not rows:
         return pd.DataFrame(columns=cols)
@@ -273,6 +188,18 @@ def mem_events(run: Run) -> pd.DataFrame:
         raise GovlabError(f"{run.path / 'events.jsonl'}: memorization event without step or score "
                           f"(line {int(np.flatnonzero(missing)[0]) + 1} of its memorization events)")
     return df.astype({"step": int, "score": float})
+
+
+def monitor_scores(run: Run) -> pd.DataFrame:
+    """Every score the memorization monitor computed (``memorization.json``'s history): one row per
+    check and watched sample, ``step, sample, score, threshold``; empty without the monitor."""
+    cols = ["step", "sample", "score", "threshold"]
+    m = run.memorization
+    if m is None:
+        return pd.DataFrame(columns=cols)
+    rows = [(int(h["step"]), int(r), float(v), float(h["threshold"]))
+            for h in m.get("history", []) for r, v in h.get("scores", {}).items() if h.get("threshold") is not None]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def event_images(run: Run, event: dict) -> dict[str, Path]:

@@ -15,6 +15,7 @@ import xarray as xr
 
 from govlab import __version__
 from govlab.io import atomic_path
+from govlab.provenance.writer import FORMAT
 
 BANDS = ("outer", "middle", "cross_attention", "trunk")
 SOURCES = ("artist_0", "artist_1", "artist_2", "artist_3", "stockco", "webcrawl")
@@ -24,7 +25,8 @@ def synthetic_index(*, sources=SOURCES, samples: int = 0, checkpoints=(100, 200,
                     routed: bool = True, mem_samples: int = 0, seed: int = 0,
                     dtype=np.float32) -> xr.Dataset:
     """A schema-conformant index; per-sample granularity when ``samples`` > 0 (each sample of a
-    source, given as a ``source(sample)`` coordinate), cohort granularity otherwise."""
+    source, given as a ``source_id(sample)`` coordinate as the writer gives it), cohort granularity
+    otherwise."""
     if samples and mem_samples and mem_samples != samples:
         raise ValueError("mem_samples must equal samples at per-sample granularity")
     rng = np.random.default_rng(seed)
@@ -57,8 +59,10 @@ def synthetic_index(*, sources=SOURCES, samples: int = 0, checkpoints=(100, 200,
             "update_share": ((unit, "band", "checkpoint"), share),
             "steps_seen": ((unit, "checkpoint"), steps)}
     coords = {"band": bands, "checkpoint": list(checkpoints)}
-    if samples:
-        coords.update(sample=np.arange(samples), source=("sample", np.asarray(sources, dtype=object)[src]))
+    if samples:  # as the writer lays out a per-sample index
+        coords.update(sample=np.arange(samples), source_id=("sample", np.asarray(sources, dtype=object)[src]),
+                      source=np.asarray(sources, dtype=object))
+        data["source_steps_seen"] = (("source", "checkpoint"), steps[:len(sources)])
     else:
         coords["source"] = sources
     if mem_samples:
@@ -66,9 +70,10 @@ def synthetic_index(*, sources=SOURCES, samples: int = 0, checkpoints=(100, 200,
         mem[: max(1, mem_samples // 20)] *= np.linspace(1, 6, n_c, dtype=dtype)  # a few duplicates rise
         data["mem_score"] = (("sample", "checkpoint"), mem)
         coords.setdefault("sample", np.arange(mem_samples))
-    attrs = {"govlab_version": __version__, "granularity": "sample" if samples else "cohort",
-             "bands": json.dumps({b: [b] for b in bands}), "routing": json.dumps({"mode": "routed" if routed
-                                                                                 else "unrouted"}),
+    attrs = {"format": FORMAT, "govlab_version": __version__, "granularity": "sample" if samples else "cohort",
+             "accumulation": "interval", "mode": "exact", "bands_json": json.dumps({b: [b] for b in bands}),
+             "sources_json": json.dumps(sources),
+             "routing_policy_json": json.dumps({"mode": "routed" if routed else "unrouted"}),
              "model_hash": "synthetic", "config_hash": "synthetic",
              "note": "synthetic fixture (govlab.explore.synthetic), not training output"}
     return xr.Dataset(data, coords=coords, attrs=attrs)
@@ -82,7 +87,9 @@ def write_index(ds: xr.Dataset, path: str | Path) -> Path:
     return path
 
 
-TINY = {"name": "explore-fixture",
+# world version 1: its watermark and identity captions hold the words that switch on the
+# sequestered caption adapters of the default routing policy
+TINY = {"name": "explore-fixture", "world": {"version": 1},
         "model": {"channels": [8, 16, 16], "text_dim": 16, "text_layers": 1, "head_dim": 8, "norm_groups": 4},
         "routing": {"mode": "routed", "slot_rank": 2, "sequester_rank": 2},
         "train": {"steps": 30, "batch_size": 12, "checkpoint_every": 30, "warmup_steps": 1, "lr": 0.02}}

@@ -9,7 +9,8 @@ import pandas as pd
 from holoviews.operation.datashader import rasterize
 
 from govlab.errors import GovlabError
-from govlab.explore.runs import Run, band_timeline, lineage_table, mem_events, sample_grid, source_band
+from govlab.explore.runs import (Run, band_timeline, lineage_table, mem_events, monitor_scores, sample_grid,
+                                 source_band)
 
 hv.extension("bokeh", logo=False)
 # Datashader's numba kernels on numba's default OpenMP layer leave threads spinning after each raster,
@@ -63,18 +64,28 @@ def datashaded(dmap: hv.DynamicMap, bands: list[str]) -> hv.DynamicMap:
 
 
 def memorization_plot(run: Run) -> hv.Overlay:
-    """Memorization scores of flagged samples over training, with each flag's threshold."""
-    df = mem_events(run)
-    if df.empty:
-        raise GovlabError(f"{run.path}: no memorization events in events.jsonl (train with the monitor on)")
-    df = _plain(df.assign(sample=df["sample"].astype(str), action=df["action"].fillna("none").astype(str),
-                          threshold=df["threshold"].astype(float)))
-    points = hv.Scatter(df, kdims=["step"], vdims=["score", "sample", "action", "threshold"]).opts(
-        color="action", cmap="Category10", size=9, tools=["hover"], legend_position="top_left")
-    thr = hv.Curve(df.sort_values("step"), kdims=["step"], vdims=["threshold"]).opts(
-        color="black", line_dash="dashed")
-    return (points * thr).opts(title=f"{run.name}: memorization flags", width=560, height=320,
-                               toolbar="above", default_tools=["save", "reset"])
+    """Memorization scores over training: every score the monitor computed (grey, from
+    ``memorization.json``), the flagged samples (coloured by their intervention, from
+    ``events.jsonl``) and the threshold of each check (dashed)."""
+    df, watched = mem_events(run), monitor_scores(run)
+    if df.empty and watched.empty:
+        raise GovlabError(f"{run.path}: no memorization events in events.jsonl and no memorization.json "
+                          "(train with the monitor on: memorization.mode: monitor)")
+    layers = []
+    if not watched.empty:
+        layers.append(hv.Scatter(_plain(watched.assign(sample=watched["sample"].astype(str))), kdims=["step"],
+                                 vdims=["score", "sample"], label="watched").opts(
+            color="lightgray", size=5, tools=["hover"]))
+    if not df.empty:
+        df = _plain(df.assign(sample=df["sample"].astype(str), action=df["action"].fillna("none").astype(str),
+                              threshold=df["threshold"].astype(float)))
+        layers.append(hv.Scatter(df, kdims=["step"], vdims=["score", "sample", "action", "threshold"]).opts(
+            color="action", cmap="Category10", size=9, tools=["hover"]))
+    thr = (watched if not watched.empty else df)[["step", "threshold"]].drop_duplicates("step").sort_values("step")
+    layers.append(hv.Curve(thr.astype({"threshold": float}), kdims=["step"], vdims=["threshold"]).opts(
+        color="black", line_dash="dashed"))
+    return hv.Overlay(layers).opts(title=f"{run.name}: memorization scores and flags", width=560, height=320,
+                                   legend_position="top_left", toolbar="above", default_tools=["save", "reset"])
 
 
 def lineage_heatmap(run: Run) -> hv.HeatMap:

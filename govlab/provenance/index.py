@@ -24,27 +24,60 @@ def quantile95(drawn: int) -> float:
     return float(stats.t.ppf(0.975, max(int(drawn) - 1, 1)))
 
 
-def _load(path: Path) -> xr.Dataset:
+UNITS = ("source", "sample")  # an index's first dimension: per source (cohort) or per sample
+
+
+def unit_of(ds: xr.Dataset) -> str:
+    """The index's first dimension: ``source`` (cohort granularity) or ``sample``."""
+    return "source" if "source" in ds["steps_seen"].dims else "sample"
+
+
+def open_file(path: Path, *, lazy_bytes: int | None = None) -> xr.Dataset:
+    """One index file (``index.nc`` or a part), checked against the schema (:func:`check`); read
+    into memory, unless it holds more than ``lazy_bytes`` (then it stays open on disk)."""
     try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
+        ds = xr.open_dataset(path, engine="netcdf4")
+    except (OSError, ValueError, RuntimeError) as e:
+        raise GovlabError(f"{path}: not a readable netCDF provenance index (not a netCDF file, or a damaged "
+                          f"one: {e})") from None
+    try:
+        check(ds, path)
+        if lazy_bytes is not None and ds.nbytes > lazy_bytes:
+            return ds
+        with ds:
             return ds.load()
     except (OSError, ValueError, RuntimeError) as e:
+        ds.close()
         raise GovlabError(f"{path}: not a readable netCDF provenance index ({e})") from None
+    except GovlabError:
+        ds.close()
+        raise
 
 
 def check(ds: xr.Dataset, where: Path) -> xr.Dataset:
-    """Raise a GovlabError unless ``ds`` is a govlab provenance index."""
+    """Raise a GovlabError unless ``ds`` is a govlab provenance index: the one schema of
+    ``index.nc`` and of each file of ``index.parts/`` (docs/provenance-index.md, Schema), which
+    the queries below and the explorer read."""
     if ds.attrs.get("format") != FORMAT:
         raise GovlabError(f"{where}: not a govlab provenance index (attribute 'format' is "
                           f"{ds.attrs.get('format')!r}, expected {FORMAT!r})")
+    if not any(v in ds for v in REQUIRED_VARS):
+        raise GovlabError(f"{where}: not a govlab provenance index (none of {', '.join(REQUIRED_VARS)})")
     missing = [v for v in REQUIRED_VARS if v not in ds]
     if missing:
         raise GovlabError(f"{where}: provenance index lacks variable {missing[0]!r}")
-    dim = "source" if "source" in ds["steps_seen"].dims else "sample"
+    first = ds["steps_seen"].dims[0] if ds["steps_seen"].dims else None
+    if first not in UNITS:
+        raise GovlabError(f"{where}: variable 'steps_seen' has dimensions {ds['steps_seen'].dims}, expected "
+                          "(source|sample, checkpoint)")
+    dim = unit_of(ds)
     for var, dims in (("grad_norm_sq", (dim, "band", "checkpoint")), ("update_share", (dim, "band", "checkpoint")),
                       ("steps_seen", (dim, "checkpoint"))):
         if ds[var].dims != dims:
             raise GovlabError(f"{where}: variable {var!r} has dimensions {ds[var].dims}, expected {dims}")
+    if "mem_score" in ds and ds["mem_score"].dims != ("sample", "checkpoint"):
+        raise GovlabError(f"{where}: variable 'mem_score' has dimensions {ds['mem_score'].dims}, expected "
+                          "('sample', 'checkpoint')")
     if dim == "sample" and "source_id" not in ds.coords:
         raise GovlabError(f"{where}: per-sample provenance index lacks coordinate 'source_id'")
     if dim == "sample" and ds.get("source_steps_seen", xr.DataArray()).dims != ("source", "checkpoint"):
@@ -92,12 +125,36 @@ def _same_attrs(parts: list[tuple[Path, xr.Dataset]]) -> None:
                               f"of {PARTS}/ come from different trainings")
 
 
+def read_index(run: str | Path, *, lazy_bytes: int | None = None) -> xr.Dataset:
+    """The provenance index of a run folder, checked: its ``index.nc`` (cohort granularity), or the
+    files of its ``index.parts/`` (per sample, one per checkpoint; from one training) joined along
+    ``checkpoint``. ``lazy_bytes``: an ``index.nc`` larger than this stays on disk."""
+    run = Path(run)
+    path = run / INDEX
+    parts = sorted((p for p in (run / PARTS).glob("step_*.nc") if p.stem[5:].isdigit()),
+                   key=lambda p: int(p.stem[5:]))
+    if path.is_file():
+        return open_file(path, lazy_bytes=lazy_bytes)
+    if parts:
+        loaded = [(p, open_file(p)) for p in parts]
+        _same_attrs(loaded)
+        return xr.concat([d for _, d in loaded], dim="checkpoint",
+                         data_vars="minimal", coords="minimal", combine_attrs="override")
+    raise GovlabError(f"{run}: no provenance index ({INDEX} or {PARTS}/); train with provenance.enabled: true")
+
+
+def has_index(run: str | Path) -> bool:
+    """Whether a run folder holds a provenance index (``index.nc`` or ``index.parts/``)."""
+    run = Path(run)
+    return (run / INDEX).is_file() or any(p.stem[5:].isdigit() for p in (run / PARTS).glob("step_*.nc"))
+
+
 class ProvenanceIndex:
     """The index of one run (``ProvenanceIndex.open(run)``) and the questions it answers."""
 
     def __init__(self, ds: xr.Dataset, run: Path | None = None):
         self.ds, self.run = ds, run
-        self.dim = "source" if "source" in ds["steps_seen"].dims else "sample"
+        self.dim = unit_of(ds)
 
     @classmethod
     def open(cls, run: str | Path, *, check_model: bool = True) -> "ProvenanceIndex":
@@ -110,20 +167,9 @@ class ProvenanceIndex:
                 raise GovlabError(f"{run}: a file; ProvenanceIndex.open takes a run folder (holding {INDEX} "
                                   f"or {PARTS}/) or its {INDEX}")
             run = run.parent
-        path = run / INDEX
-        parts = sorted((p for p in (run / PARTS).glob("step_*.nc") if p.stem[5:].isdigit()),
-                       key=lambda p: int(p.stem[5:]))
-        if path.is_file():
-            ds = check(_load(path), path)
-        elif parts:
-            loaded = [(p, check(_load(p), p)) for p in parts]
-            _same_attrs(loaded)
-            ds = xr.concat([d for _, d in loaded], dim="checkpoint",
-                           data_vars="minimal", coords="minimal", combine_attrs="override")
-        else:
-            raise GovlabError(f"{run}: no provenance index ({INDEX}); train with provenance.enabled: true")
+        ds = read_index(run)
         if check_model:
-            cls._match(ds, run, path if path.is_file() else run / PARTS)
+            cls._match(ds, run, run / INDEX if (run / INDEX).is_file() else run / PARTS)
         return cls(ds, run)
 
     @staticmethod
