@@ -66,6 +66,37 @@ def score_images(images: torch.Tensor, probes: list[dict], evaluator=None) -> di
     }
 
 
+def verdicts(images: torch.Tensor, evaluator=None) -> dict[str, np.ndarray]:
+    """The evaluator's class name per head for each image (uint8, (n, 3, H, W)); ``evaluator``
+    defaults to the cached CNN of the default world version (``load_evaluator``), and may be any
+    object with ``predict`` and ``head_names`` (the second evaluator, ``govlab.eval.second``)."""
+    evaluator = evaluator or load_evaluator(images.shape[-1], progress=False)[0]
+    names = getattr(evaluator, "head_names", HEADS)
+    return {k: np.array(names[k])[v.numpy()] for k, v in evaluator.predict(images).items()}
+
+
+def style_shares(images: torch.Tensor, evaluator=None) -> dict[str, dict]:
+    """For a set of generated images: each source's style share (the share of images whose source
+    head names it) with its 95% bootstrap interval over the images, ``{source: {"share", "ci"}}``.
+    E.g. the removed artist's share among generations from prompts naming no artist."""
+    src = verdicts(images, evaluator)["source"]
+    return {s: dict(zip(("share", "ci"), mean_ci(src == s))) for s in HEADS["source"]}
+
+
+def shape_accuracy(images: torch.Tensor, shapes: list[str], evaluator=None) -> tuple[float | None, list | None]:
+    """Share of images whose shape head names the prompted shape (``shapes``, one per image), and its
+    95% bootstrap interval."""
+    got = verdicts(images, evaluator)["shape"]
+    return mean_ci(got == np.asarray(shapes))
+
+
+def glyph_rate(images: torch.Tensor, evaluator=None) -> tuple[float | None, list | None]:
+    """Share of images on which the watermark head sees the glyph, and its 95% bootstrap interval. On
+    world version 2 the CNN reads the glyph itself (``watermark_counterfactual_acc`` in
+    ``govlab bench evaluators``), not the stock look."""
+    return mean_ci(verdicts(images, evaluator)["watermark"] == "yes")
+
+
 def score_model(model, sources: list[str], *, per_prompt: int = 4, steps: int = 20,
                 guidance: float = 3.0, seed: int = 0) -> tuple[dict, torch.Tensor, list[dict]]:
     """Generate for the probe prompts and score; returns (scores, images, probes)."""
