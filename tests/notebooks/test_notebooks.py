@@ -5,7 +5,7 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 @pytest.mark.parametrize("name", ["01_world_and_training.ipynb"])
