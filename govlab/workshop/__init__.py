@@ -1,0 +1,17 @@
+"""Workshop mode: lessons a teacher runs offline on laptops or a JupyterHub (``govlab workshop``).
+
+``prepare`` trains what the lessons need once (cached); ``serve`` starts JupyterLab on them; the
+lesson panels (ipywidgets) live in ``govlab.workshop.lessons``.
+"""
+
+__all__ = ["LESSONS", "open_workshop", "prepare", "run_lesson", "serve"]
+
+
+def __getattr__(name: str):  # imported on first use: ``govlab --help`` stays quick
+    if name in ("LESSONS", "open_workshop", "prepare", "run_lesson"):
+        from govlab.workshop import prepare as module
+    elif name == "serve":
+        from govlab.workshop import serve as module
+    else:
+        raise AttributeError(name)
+    return getattr(module, name)
