@@ -258,6 +258,10 @@ def audit_memorization(run: Path, n: int = typer.Option(4, "-n", help="Generatio
 zoo_app = typer.Typer(no_args_is_help=True, help="A model zoo with known lineage.")
 app.add_typer(zoo_app, name="zoo")
 
+from govlab.workshop.cli import app as workshop_app  # noqa: E402
+
+app.add_typer(workshop_app, name="workshop")
+
 
 @zoo_app.command("build")
 def zoo_build(out: Path, quick: bool = typer.Option(False, help="Smoke-sized models (minutes on a CPU)."),
