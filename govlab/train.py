@@ -66,10 +66,13 @@ class EpochSampler:
         self._order = self._permutation()
 
 
-def build_model(cfg: RunConfig, dataset: Dataset) -> TextToImage:
+def build_model(cfg: RunConfig, dataset: Dataset, *, progress: bool = True) -> TextToImage:
     torch.manual_seed(cfg.train.seed)
     tokenizer = CaptionTokenizer.from_captions([r["caption"] for r in dataset.records], cfg.model.max_length)
-    return TextToImage(cfg.model, tokenizer)
+    model = TextToImage(cfg.model, tokenizer)
+    if cfg.model.latent:  # the VAE fitted to the training images, then frozen (in the weights, like the rest)
+        model.fit_vae(dataset.images, steps=cfg.model.vae_steps, seed=cfg.train.seed, progress=progress)
+    return model
 
 
 def training_device(name: str) -> torch.device:
@@ -95,7 +98,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = training_device(cfg.train.device)
-        self.model = (model if model is not None else build_model(cfg, dataset)).to(self.device)
+        self.model = (model if model is not None else build_model(cfg, dataset, progress=progress)).to(self.device)
         t = cfg.train
         supplied = [opt for h in self.hooks if (opt := h.on_build(self)) is not None]
         if len(supplied) > 1:
@@ -124,7 +127,7 @@ class Trainer:
         idx = self.sampler.next_batch()
         b, s, dev = len(idx), self.cfg.model.image_size, self.device
         drop = torch.rand(b, generator=self.rng) < self.cfg.train.caption_dropout
-        noise = torch.randn(b, 3, s, s, generator=self.rng)
+        noise = torch.randn(b, *self.model.noise_shape, generator=self.rng)
         timesteps = torch.randint(0, self.model.noise_scheduler.config.num_train_timesteps, (b,),
                                   generator=self.rng)
         rows = idx.to(dev)

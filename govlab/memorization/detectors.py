@@ -49,8 +49,7 @@ class GovlabDenoiser(Denoiser):
 
     @property
     def shape(self):
-        s = self.module.cfg.image_size
-        return (3, s, s)
+        return tuple(self.module.noise_shape)
 
     @property
     def device(self):
