@@ -94,6 +94,8 @@ class RunConfig:
         for key, default in (("backbone", "unet"), ("dit_layers", 4), ("latent", False), ("vae_steps", 300)):
             if d["model"][key] == default:  # a pixel-space UNet hashes as before backbones existed
                 del d["model"][key]
+        if not self.routing.confined_sources:  # hashes of runs from before the setting are unchanged
+            del d["routing"]["confined_sources"]
         del d["train"]["device"]  # where a run trains is not what it trains (the same batches): a run
         # may resume on another device, and hashes of runs from before the setting are unchanged
         return sha256_json(d)[:16]

@@ -68,6 +68,9 @@ class RoutingConfig:
     sequester_targets: tuple[str, ...] = ("caption",)  # "caption" and/or UNet layer patterns
     slot_lr_scale: float = 1.0  # learning rate of every slot (per-source and sequestered) relative to train.lr
     move_unrouted: bool = False  # True: parameters with no routed gradient still take AdamW's step
+    # sources whose style samples change only their own slot (no shared band, not the trunk), so
+    # zeroing the slot leaves a model whose shared layers never learnt them (govlab.studies.removal)
+    confined_sources: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.mode not in MODES:

@@ -64,8 +64,13 @@ def prepare(model: nn.Module, cfg: RoutingConfig, records: list[dict], *,
     sources = slot_sources(cfg, records)
     adapters = [c for c in cfg.sequestered if not (c == "identity" and cfg.identity == "reject")]
     policy = RoutingPolicy({k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in cfg.policy.items()},
-                           tuple(cfg.sequestered), cfg.style_category, cfg.style_band if sources else None)
+                           tuple(cfg.sequestered), cfg.style_category, cfg.style_band if sources else None,
+                           frozenset(cfg.confined_sources))
     policy.validate({b.name for b in bands} | set(cfg.sequestered), slots=bool(cfg.slot_rank))
+    if set(cfg.confined_sources) - set(sources):
+        raise GovlabError(f"routing: confined_sources {sorted(set(cfg.confined_sources) - set(sources))} have no "
+                          f"slot (slot sources: {', '.join(sources) or 'none'}); a confined source's samples "
+                          "reach only its own slot")
     if not hasattr(model, SLOTS_ATTR):
         expand(model, plan_slots(model, band_of, style_band=cfg.style_band, sources=sources,
                                  slot_rank=cfg.slot_rank, sequestered=adapters, sequester_rank=cfg.sequester_rank,

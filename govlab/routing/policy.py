@@ -21,13 +21,15 @@ class RoutingPolicy:
 
     A sample reaches the union of its categories' bands plus the trunk. If it carries a
     sequestered category it reaches only the bands of its sequestered categories (no trunk). A sample
-    of ``style_category`` reaches the ``style_band`` only through its own slot.
+    of ``style_category`` reaches the ``style_band`` only through its own slot; one of a ``confined``
+    source reaches its own slot and nothing else.
     """
 
     rules: dict
     sequestered: tuple[str, ...] = ()
     style_category: str = "style"
     style_band: str | None = None
+    confined: frozenset = frozenset()  # sources whose style samples reach only their own slot
 
     def validate(self, bands: set[str], *, slots: bool, categories=CATEGORIES) -> None:
         """One clear error for an unknown category or band."""
@@ -52,6 +54,8 @@ class RoutingPolicy:
     def allowed(self, categories, source: str, slot_sources=frozenset()) -> frozenset[str]:
         """The bands one sample may change."""
         seq = [c for c in categories if c in self.sequestered]
+        if not seq and source in self.confined and self.style_category in categories and source in slot_sources:
+            return frozenset({slot_band(source)})
         cats = seq or list(categories)
         out = set() if seq else {TRUNK}
         for c in cats:
