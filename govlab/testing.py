@@ -6,11 +6,17 @@ it would a real one: a ``UNet2DConditionModel`` with ``DDPMScheduler`` (epsilon 
 SD3-style MMDiT ``SD3Transformer2DModel`` with ``FlowMatchEulerDiscreteScheduler`` (rectified flow,
 velocity target); an ``AutoencoderKL``; a ``CLIPTextModel`` and a ``CLIPTokenizer`` whose byte-level
 BPE vocabulary is written here (no download). Sizes are CPU-test sized (a few seconds a step).
+
+For govlab's own loop: ``TINY_MODEL``, ``TINY_TRAIN``, ``TINY_EVAL`` and ``TINY_ROUTING``, config
+sections that overlay a preset (``from_dict({"model": TINY_MODEL, ...}, base=load_config("smoke"))``)
+to train a model in seconds; ``one_thread()`` runs torch on one thread inside (tiny models run fastest
+so, and timings stay sane on a shared machine).
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -22,6 +28,23 @@ BACKBONES = ("unet", "sd3")
 TEXT_DIM = 32
 MAX_TOKENS = 16
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
+
+# govlab's own tiny text-to-image model and a few steps of training: config sections to overlay
+TINY_MODEL = {"channels": [8, 16, 16], "text_dim": 16, "text_layers": 1, "head_dim": 8, "norm_groups": 4}
+TINY_TRAIN = {"steps": 4, "batch_size": 12, "checkpoint_every": 2, "warmup_steps": 1}
+TINY_EVAL = {"per_prompt": 1, "steps": 4}
+TINY_ROUTING = {"mode": "routed", "slot_rank": 2, "sequester_rank": 2}
+
+
+@contextmanager
+def one_thread():
+    """torch on one thread inside the block, the previous number of threads restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _bytes_to_unicode() -> dict[int, str]:

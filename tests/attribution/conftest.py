@@ -1,19 +1,15 @@
 import pytest
-import torch
 
 from govlab.config import from_dict
+from govlab.testing import TINY_MODEL, TINY_ROUTING, TINY_TRAIN, one_thread
 
-TINY = {"model": {"channels": [8, 16, 16], "text_dim": 16, "text_layers": 1, "head_dim": 8, "norm_groups": 4},
-        "routing": {"mode": "routed", "slot_rank": 2, "sequester_rank": 2},
-        "train": {"steps": 4, "batch_size": 12, "checkpoint_every": 2, "warmup_steps": 1}}
+TINY = {"model": TINY_MODEL, "routing": TINY_ROUTING, "train": TINY_TRAIN}
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +24,9 @@ def tiny_run(tmp_path_factory, tiny_cfg, smoke_dataset):
     from govlab.train import Trainer
 
     out = tmp_path_factory.mktemp("attr") / "run"
-    torch.set_num_threads(1)
-    data, hooks = attach(tiny_cfg, smoke_dataset)
-    trainer = Trainer(tiny_cfg, data, out, hooks=hooks, progress=False).fit()
+    with one_thread():
+        data, hooks = attach(tiny_cfg, smoke_dataset)
+        trainer = Trainer(tiny_cfg, data, out, hooks=hooks, progress=False).fit()
     return out, trainer.model, data
 
 
@@ -52,13 +48,12 @@ def quick_compare(compare_cache, smoke_cfg):
     from govlab.attribution import CompareConfig, compare
 
     cfg = from_dict({"name": "attr-nb-quick", **TINY}, base=smoke_cfg)
-    before, threads = os.environ.get("GOVLAB_CACHE"), torch.get_num_threads()
+    before = os.environ.get("GOVLAB_CACHE")
     os.environ["GOVLAB_CACHE"] = str(compare_cache)
-    torch.set_num_threads(1)
     try:
-        return compare(cfg, CompareConfig(**QUICK_CC), progress=False)
+        with one_thread():
+            return compare(cfg, CompareConfig(**QUICK_CC), progress=False)
     finally:
-        torch.set_num_threads(threads)
         if before is None:
             del os.environ["GOVLAB_CACHE"]
         else:

@@ -2,23 +2,18 @@ import shutil
 import zlib
 
 import pytest
-import torch
 
 from govlab.config import from_dict
+from govlab.testing import TINY_EVAL, TINY_MODEL, TINY_TRAIN, one_thread
 
-TINY = {"model": {"channels": [8, 16, 16], "text_dim": 16, "text_layers": 1, "head_dim": 8, "norm_groups": 4},
-        "train": {"steps": 4, "batch_size": 12, "checkpoint_every": 2, "warmup_steps": 1},
-        "eval": {"per_prompt": 1, "steps": 4},
-        "provenance": {"enabled": True}}
+TINY = {"model": TINY_MODEL, "train": TINY_TRAIN, "eval": TINY_EVAL, "provenance": {"enabled": True}}
 NOT_ALLOWED = 3  # artist_1 images marked notAllowed
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -1,21 +1,16 @@
 import pytest
-import torch
 
 from govlab.config import from_dict
+from govlab.testing import TINY_EVAL, TINY_MODEL, TINY_ROUTING, TINY_TRAIN, one_thread
 
-TINY = {"model": {"channels": [8, 16, 16], "text_dim": 16, "text_layers": 1, "head_dim": 8, "norm_groups": 4},
-        "routing": {"mode": "routed", "slot_rank": 2, "sequester_rank": 2},
-        "train": {"steps": 4, "batch_size": 12, "checkpoint_every": 2, "warmup_steps": 1},
-        "eval": {"per_prompt": 1, "steps": 4},
+TINY = {"model": TINY_MODEL, "routing": TINY_ROUTING, "train": TINY_TRAIN, "eval": TINY_EVAL,
         "provenance": {"enabled": True, "mode": "exact"}}  # the audit mode: the tests check exact figures
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -13,25 +13,24 @@ from govlab.provenance import ProvenanceIndex, ProvenanceWriter
 from govlab.routing import attach, prepare
 from govlab.routing.bands import KV
 from govlab.routing.reference import leakage
+from govlab.testing import TINY_EVAL, TINY_MODEL, one_thread
 from govlab.train import Trainer, build_model
 
 # Sequestered adapters beside UNet layers: a watermark or identity told by the image alone has no trigger
 # word in its caption for the default caption adapters (routing refuses such data with one clear error).
-TINY = {"model": {"channels": [8, 16, 16], "text_dim": 16, "text_layers": 1, "head_dim": 8, "norm_groups": 4},
+TINY = {"model": TINY_MODEL,
         "routing": {"mode": "routed", "slot_rank": 2, "sequester_rank": 2,
                     "sequester_targets": [*KV, "unet.up_blocks.*.resnets.*.conv2"]},
         "train": {"steps": 4, "batch_size": 24, "checkpoint_every": 2, "warmup_steps": 1},
-        "eval": {"per_prompt": 1, "steps": 4},
+        "eval": TINY_EVAL,
         "provenance": {"enabled": True, "granularity": "sample"}}
 FIELDS = ("categories", "source_id", "license", "opt_out")
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from govlab.memorization.monitor import attach as attach_monitor
 from govlab.models.diffusion import TextToImage
 from govlab.provenance.hook import attach as attach_provenance
 from govlab.routing.hook import attach as attach_routing
+from govlab.testing import TINY_MODEL, TINY_TRAIN
 from govlab.train import CHECKPOINT, Trainer
 
-TINY = {"model": {"channels": [8, 16, 16], "text_dim": 16, "text_layers": 1, "head_dim": 8, "norm_groups": 4},
-        "train": {"steps": 4, "batch_size": 12, "checkpoint_every": 2, "warmup_steps": 1}}
+TINY = {"model": TINY_MODEL, "train": TINY_TRAIN}
 VARIANTS = {
     "plain": {},
     "routed+index": {"routing": {"mode": "routed"}, "provenance": {"enabled": True}},
