@@ -84,7 +84,7 @@ def prepare(model: nn.Module, cfg: RoutingConfig, records: list[dict], *,
         if CAPTION in cfg.sequester_targets and present:  # an adapter with no samples has no triggers
             caption += [(c, cfg.sequester_rank, c) for c in present]
             if text_states is None:
-                phrases.update(category_phrases(records, present))
+                phrases.update(category_phrases(records, present, untriggered="always"))  # world v2's watermark
         if caption and text_states is not None:
             expand_text_states(model, *text_states, caption)
         elif caption:

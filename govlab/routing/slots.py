@@ -144,14 +144,22 @@ def source_phrases(tokenizer, sources: list[str]) -> dict[str, list[list[str]]]:
     return out
 
 
-def category_phrases(records: list[dict], categories: list[str]) -> dict[str, list[list[str]]]:
+def category_phrases(records: list[dict], categories: list[str], *,
+                     untriggered: str = "raise") -> dict[str, list[list[str]]]:
     """Each sequestered category's triggers: the words in every caption of its samples and in no
-    other caption (the embedded world: ``of``, ``person`` for identity; ``stock`` for watermark)."""
+    other caption (the embedded world: ``of``, ``person`` for identity; world version 1: ``stock`` for
+    watermark). A category no such word marks (world version 2's watermark: captions never mention
+    it) is refused, or with ``untriggered="always"`` gets the empty phrase ``[]``, which every caption
+    holds: its adapter acts on every prompt, is trained by the category's samples only, and dropping
+    it removes what they taught from every generation."""
     out = {}
     for c in categories:
         mine = [set(words(r["caption"])) for r in records if c in r["categories"]]
         others = set().union(*[words(r["caption"]) for r in records if c not in r["categories"]])
         found = sorted(set.intersection(*mine) - others) if mine else []
+        if not found and untriggered == "always":
+            out[c] = [[]]
+            continue
         if not found:
             raise GovlabError(f"routing: the captions of {c!r} samples share no word that other captions "
                               f"lack, so a caption adapter cannot tell when to act; set "
@@ -177,6 +185,9 @@ class CaptionTriggers:
             found = torch.zeros_like(tokens[:, 0], dtype=torch.bool)
             for ids in phrases:
                 n = len(ids)
+                if n == 0:  # the empty phrase: every caption holds it (an always-on adapter)
+                    found = torch.ones_like(found)
+                    continue
                 if n > length:
                     continue
                 hit = (tokens.unfold(1, n, 1) == ids.to(tokens.device)).all(-1)  # (B, L - n + 1)
@@ -300,9 +311,10 @@ def expand_text_states(model: nn.Module, denoiser: nn.Module, dim: int, slots: l
         given = argument in kwargs
         states = kwargs.get(argument) if given else (args[position] if len(args) > position else None)
         if not isinstance(states, torch.Tensor) or states.dim() != 3 or states.shape[-1] != dim:
+            got = tuple(states.shape) if isinstance(states, torch.Tensor) else repr(states)
             raise GovlabError(f"routing: {type(module).__name__} was called without {argument} of shape (batch, "
-                              f"tokens, {dim}) (got {tuple(states.shape) if isinstance(states, torch.Tensor) else states!r}); "
-                              "the per-source slots act on the text encoder's hidden states")
+                              f"tokens, {dim}) (got {got}); the per-source slots act on the text encoder's "
+                              "hidden states")
         on = gate.gate(states.shape[0])
         if on is None:
             return None

@@ -3,12 +3,18 @@ from dataclasses import replace
 import pytest
 import torch
 
+from govlab.config import load_config
+from govlab.data.world import world_records
 from govlab.errors import GovlabError
 from govlab.routing import prepare, scale_slot
 from govlab.routing.slots import CaptionTriggers, banks, category_phrases, source_phrases
 from govlab.train import build_model
 
 A0, A1 = "a red star top left, by artist 0", "a red star top left, by artist 1"
+
+
+def smoke_dataset_cfg():
+    return load_config("smoke").world
 
 
 def expanded(tiny_cfg, dataset, mode):
@@ -53,13 +59,23 @@ def test_unrouted_slots_read_every_caption_and_the_names_stay_visible(tiny_cfg, 
 def test_triggers_are_source_names_and_words_only_a_category_holds(tiny_cfg, smoke_dataset):
     model = build_model(tiny_cfg, smoke_dataset)
     phrases = {**source_phrases(model.tokenizer, ["artist_0", "artist_1"]),
-               **category_phrases(smoke_dataset.records, ["identity", "watermark"])}
+               **category_phrases(smoke_dataset.records, ["identity"])}
+    # world version 1's captions marked the watermark ("stock photo" was on exactly the stamped images)
+    v1 = world_records(replace(smoke_dataset_cfg(), version=1))
+    phrases["watermark"] = category_phrases(v1, ["watermark"])["watermark"]
     assert phrases["identity"] == [["of"], ["person"]] and phrases["watermark"] == [["stock"]]
     triggers = CaptionTriggers(model.tokenizer, phrases)
     named, where = triggers.find(model.tokenizer([A1, "a photo of person 1 top left", "a red star, stock photo", ""]))
     assert named.tolist() == [[False, True, False, False], [False, False, True, False],
                               [False, False, False, True], [False] * 4]
     assert where.sum(1).tolist() == [2, 2, 1, 0]  # "artist 1" as a whole, not the "1" of "person 1"
+    # world version 2's captions never mention the watermark: refused, or an adapter on every caption
+    with pytest.raises(GovlabError, match="captions of 'watermark' samples share no word"):
+        category_phrases(smoke_dataset.records, ["watermark"])
+    always = category_phrases(smoke_dataset.records, ["watermark"], untriggered="always")
+    assert always == {"watermark": [[]]}
+    named, where = CaptionTriggers(model.tokenizer, always).find(model.tokenizer([A1, "", "a photo of person 1"]))
+    assert named.tolist() == [[True]] * 3 and not where.any()  # on for every caption, no word masked
     with pytest.raises(GovlabError, match="source 'ghost_x' is never named"):
         source_phrases(model.tokenizer, ["ghost_x"])
     with pytest.raises(GovlabError, match="captions of 'composition' samples share no word"):
@@ -74,7 +90,8 @@ def test_slot_ablation_skips_only_slots_the_prompt_cannot_switch_on(tiny_cfg, sm
     model = expanded(tiny_cfg, smoke_dataset, "routed")
     tokens = model.tokenizer([A1, A1])
     probe = make_probe(torch.rand(2, 3, 16, 16) * 2 - 1, tokens, k=2, seed=0)
-    assert acting_slots(model, tokens) == {"artist_1"}
+    # world version 2: the watermark adapter has no trigger word and acts on every caption
+    assert acting_slots(model, tokens) == {"artist_1", "watermark"}
     saved = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(SLOTS_ATTR + ".")}
     base, exhaustive = model_output(model, probe), {}
     for s in ("artist_0", "artist_1", "artist_2"):  # every slot ablated, the prompt's or not
