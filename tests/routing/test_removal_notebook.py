@@ -14,7 +14,8 @@ def test_removal_notebook_quick(tiny_cfg, tmp_path, monkeypatch, artifacts):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = artifacts / "07_removal.ipynb"
     papermill.execute_notebook(str(ROOT / "notebooks/07_removal.ipynb"), str(out), kernel_name="python3",
-                               parameters={"QUICK": True, "PER_PROMPT": 1, "OVERRIDES": json.loads(json.dumps(tiny_cfg.to_dict()))},
+                               parameters={"QUICK": True, "PER_PROMPT": 1, "ESD_ITERATIONS": 2,
+                                           "OVERRIDES": json.loads(json.dumps(tiny_cfg.to_dict()))},
                                cwd=str(tmp_path), progress_bar=False)
     nb = nbformat.read(out, as_version=4)
     text = "\n".join(o.get("text", "") or str(o.get("data", {}).get("text/markdown", ""))
