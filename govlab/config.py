@@ -17,7 +17,7 @@ from govlab.data.world import WorldConfig
 from govlab.errors import GovlabError
 from govlab.io import read_text, sha256_json
 from govlab.memorization.config import MemorizationConfig
-from govlab.models.unet import ModelConfig
+from govlab.models.config import ModelConfig
 from govlab.presets import names as presets
 from govlab.provenance.config import ProvenanceConfig
 from govlab.routing.config import RoutingConfig
