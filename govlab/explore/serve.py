@@ -1,4 +1,4 @@
-"""Serve ``apps/explorer.py`` for some runs (``govlab explore``)."""
+"""Serve the explorer app (``govlab.explore.app``) for some runs (``govlab explore``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from pathlib import Path
 
 from govlab.errors import GovlabError
 from govlab.explore.runs import load_runs
-
-APP = Path(__file__).resolve().parents[2] / "apps" / "explorer.py"
 
 
 def check_runs(paths: list[Path]) -> None:
@@ -17,8 +15,6 @@ def check_runs(paths: list[Path]) -> None:
     _, errors = load_runs(paths)
     if errors:
         raise GovlabError("; ".join(errors))
-    if not APP.is_file():
-        raise GovlabError(f"{APP}: the explorer app is missing (serve from a govlab source checkout)")
 
 
 def serve(paths: list[Path], *, port: int = 5006, address: str = "127.0.0.1", show: bool = False,
@@ -26,9 +22,14 @@ def serve(paths: list[Path], *, port: int = 5006, address: str = "127.0.0.1", sh
     """Serve the explorer at ``http://ADDRESS:PORT/explorer`` (blocks unless ``threaded``, which
     returns the server thread: ``.stop()`` ends it); the runs are loaded once and shared by sessions."""
     import panel as pn
-    from panel.io.application import build_single_handler_application
 
-    app = build_single_handler_application(str(APP), argv=[str(p) for p in paths])
+    from govlab.explore.app import TITLE, explorer
+
+    runs = [str(Path(p).resolve()) for p in paths]
+
+    def app():  # a function (Panel calls it once per session; a functools.partial it would display)
+        return explorer(runs)
+
     # warm: one session at start pays the imports, model loads and Datashader's JIT, not the first page
     return pn.serve({"explorer": app}, port=port, address=address, show=show, threaded=threaded,
-                    liveness=True, title="govlab explorer", verbose=False, warm=True)
+                    liveness=True, title=TITLE, verbose=False, warm=True)

@@ -91,7 +91,7 @@ def test_bad_index_shows_a_message_in_the_page(page, explore_runs, tmp_path, art
     (bad / "config.yaml").write_text("name: bad\n")
     (bad / "index.nc").write_text("not a netCDF file\n")
     log = launch([sys.executable, "-m", "panel", "serve", "apps/explorer.py", "--port", str(port),
-                  "--address", "127.0.0.1", "--liveness", "--args", str(explore_runs[1]), str(bad)], port)
+                  "--address", "127.0.0.1", "--liveness", "--warm", "--args", str(explore_runs[1]), str(bad)], port)
     errors = []
     open_page(page, f"http://127.0.0.1:{port}/explorer", errors)
     page.get_by_text("not a netCDF file").first.wait_for()
