@@ -324,3 +324,23 @@ def test_a_model_no_band_matches_is_refused_before_anything_is_written(foreign):
     with pytest.raises(GovlabError, match="holds no diffusers UNet .* or SD3-style MMDiT"):
         Governance(nn.Sequential(nn.Linear(2, 2)), foreign.data, out)
     assert not out.exists()
+
+
+def test_imagefolder_record_without_source_id_is_refused_naming_the_image(foreign, tmp_path):
+    import shutil
+
+    from datasets import load_dataset
+
+    from govlab.api import Governance
+
+    data = tmp_path / "data"
+    shutil.copytree(foreign.data_dir, data)
+    lines = (data / "metadata.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    del first["source_id"]
+    (data / "metadata.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    ds = load_dataset("imagefolder", data_dir=str(data), split="train")
+    out = tmp_path / "out"
+    with pytest.raises(GovlabError, match=rf"{first['file_name']} has no 'source_id'"):
+        Governance(nn.Linear(2, 2), ds, out)
+    assert not out.exists()
