@@ -11,10 +11,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "govlab"
 PRIMITIVES = ("govlab.routing", "govlab.memorization", "govlab.provenance", "govlab.data", "govlab.models")
 ABOVE = ("govlab.studies", "govlab.cli", "govlab.bench", "govlab.explore", "govlab.train", "govlab.run")
 # what a config needs: the config sections of each part, the presets, errors and file helpers
-CONFIG_MODULES = {"govlab", "govlab._lazy", "govlab.config", "govlab.errors", "govlab.io", "govlab.presets",
-                  "govlab.data", "govlab.data.world", "govlab.memorization", "govlab.memorization.config",
-                  "govlab.models", "govlab.models.config", "govlab.provenance", "govlab.provenance.config",
-                  "govlab.routing", "govlab.routing.config"}
+CONFIG_MODULES = {"govlab", "govlab._lazy", "govlab.config", "govlab.data", "govlab.data.records",
+                  "govlab.data.world", "govlab.errors", "govlab.io", "govlab.memorization",
+                  "govlab.memorization.config", "govlab.models", "govlab.models.config", "govlab.presets",
+                  "govlab.provenance", "govlab.provenance.config", "govlab.routing", "govlab.routing.config"}
 
 
 def module_name(path: Path) -> str:

@@ -4,7 +4,7 @@ from govlab._lazy import lazy_exports
 
 _EXPORTS = {
     "Dataset": "govlab.data.dataset", "load_dataset": "govlab.data.dataset",
-    "validate_record": "govlab.data.dataset",
+    "validate_record": "govlab.data.records",
     "WorldConfig": "govlab.data.world", "generate_world": "govlab.data.world", "render": "govlab.data.world",
     "world_records": "govlab.data.world",
 }

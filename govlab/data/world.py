@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from govlab.data.records import CATEGORIES
 from govlab.errors import GovlabError
 from govlab.io import atomic_path
 
@@ -50,7 +51,6 @@ POSITIONS_2 = {
 LAYOUTS = tuple(f"1 {p}" for p in POSITIONS_1) + tuple(f"2 {p}" for p in POSITIONS_2)
 TITLES = ("aurora", "basalt", "cinder", "dune", "ember", "fjord", "glacier", "harbor",
           "indigo", "juniper", "kestrel", "lagoon", "meadow", "nebula", "orchid", "prairie")
-CATEGORIES = ("style", "composition", "semantics", "identity", "watermark")
 
 
 @dataclass(frozen=True)
