@@ -22,6 +22,11 @@ def _load(run: Path):
 
     run = Path(run)
     cfg = from_dict(read_yaml(run / "config.yaml"), where=str(run / "config.yaml"))
+    if cfg.model.backbone != "unet" or cfg.model.latent:
+        kind = f"{cfg.model.backbone}{' on VAE latents' if cfg.model.latent else ''}"
+        raise GovlabError(f"{run / 'config.yaml'}: TracIn and D-TRAK score the pixel-space UNet's noise-prediction "
+                          f"loss; this run's model is {kind} (model.backbone, model.latent); use --method "
+                          "structural (the provenance index), which any backbone has")
     checkpoints = sorted((run / CHECKPOINT_DIR).glob("step_*.safetensors"))
     if not checkpoints:
         raise GovlabError(f"{run / CHECKPOINT_DIR}: no checkpoint weights (step_*.safetensors); "

@@ -40,6 +40,10 @@ def test_backbone_trains_scores_samples_and_reloads(tmp_path, preset, model):
     assert not any(n.startswith("vae.") for n, _ in m.named_parameters())  # the VAE is frozen: buffers
     images = m.generate(["a red star, by artist 1"], steps=2)
     assert images.shape == (1, 3, 16, 16) and images.dtype == torch.uint8
+    from govlab.attribution.api import tracin
+
+    with pytest.raises(GovlabError, match="TracIn and D-TRAK score the pixel-space UNet"):
+        tracin(run, "a red star")
 
 
 def test_backbone_config_is_checked():
