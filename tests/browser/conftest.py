@@ -134,3 +134,35 @@ def assert_no_app_traceback(log: Path) -> None:
     text = log.read_text()
     ours = [ln for ln in text.splitlines() if f'File "{ROOT}/govlab' in ln or f'File "{ROOT}/apps' in ln]
     assert not ours, text
+
+
+# The demo preset (routing with slots, the index, the monitor) at a test's size: fewer, smaller steps,
+# checkpoints and monitor checks every 10 steps.
+DEMO_SMALL = {"name": "demo", "train": {"steps": 30, "batch_size": 16, "checkpoint_every": 10, "warmup_steps": 5},
+              "memorization": {"every": 10, "start": 10, "watch_size": 32}}
+
+
+@pytest.fixture(scope="session")
+def governed_demo(tmp_path_factory):
+    """A run of the demo preset as `make demo` trains it (its governance hooks), at DEMO_SMALL's size."""
+    import torch
+
+    from govlab.config import from_dict, load_config
+    from govlab.data.cache import run_dataset
+    from govlab.memorization.monitor import attach as attach_monitor
+    from govlab.provenance.hook import attach as attach_provenance
+    from govlab.routing import attach
+    from govlab.train import Trainer
+
+    cfg = from_dict(DEMO_SMALL, base=load_config("demo"))
+    dataset = run_dataset(cfg, progress=False)
+    data, routing = attach(cfg, dataset)
+    data, index = attach_provenance(cfg, data, dataset.sources)
+    out = tmp_path_factory.mktemp("governed") / "demo"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trainer(cfg, data, out, hooks=[*routing, *attach_monitor(cfg, data), *index], progress=False).fit()
+    finally:
+        torch.set_num_threads(threads)
+    return out

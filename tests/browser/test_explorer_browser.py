@@ -3,6 +3,7 @@
 import hashlib
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -97,5 +98,35 @@ def test_bad_index_shows_a_message_in_the_page(page, explore_runs, tmp_path, art
     page.get_by_text("not a netCDF file").first.wait_for()
     page.locator(".view-influence canvas").first.wait_for()
     page.screenshot(path=artifacts / "explorer_bad_index.png", full_page=True)
+    assert not errors, errors
+    no_app_traceback(log)
+
+
+NOTHING = ("no provenance index", "no memorization events", "has no slots", "no model.safetensors",
+           "no source", "nothing to show")
+
+
+def test_a_governed_demo_run_shows_every_governance_view(page, governed_demo, artifacts, launch, port,
+                                                         no_app_traceback):
+    """`govlab explore RUN` on a run of the demo preset: influence, timeline, memorization and the
+    attenuation preview draw its data (no view says there is nothing to show)."""
+    log = launch([str(Path(sys.executable).parent / "govlab"), "explore", str(governed_demo), "--port", str(port)],
+                 port)
+    errors = []
+    open_page(page, f"http://127.0.0.1:{port}/explorer", errors)
+    cards = {v: page.locator(f".view-{v}") for v in ("influence", "timeline", "memorization", "attenuation")}
+    for v in ("influence", "timeline", "memorization"):
+        cards[v].locator("canvas").first.wait_for()
+    cards["attenuation"].locator("img").nth(1).wait_for()  # before and after scaling the slot
+    page.wait_for_function(IDLE)
+    for v, card in cards.items():
+        for text in NOTHING:
+            assert card.get_by_text(text).count() == 0, f"view {v} says {text!r}"
+        path = artifacts / f"governed_demo_{v}.png"
+        shot(card, path)
+        assert colors(path) > 40, f"view {v} looks blank ({path})"
+    for img in cards["attenuation"].locator("img").all():
+        assert img.evaluate("e => e.complete && e.naturalWidth > 0")
+    page.screenshot(path=artifacts / "governed_demo_page.png", full_page=True)
     assert not errors, errors
     no_app_traceback(log)
