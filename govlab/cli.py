@@ -56,7 +56,9 @@ def train(preset: Optional[str] = typer.Option(None, help=f"Preset name ({', '.j
         scored = (f"scored on its own data: nearest_source_acc={result.get('nearest_source_acc')} "
                   f"(chance {result.get('chance_nearest_source')}), loss {result.get('loss_first')} -> "
                   f"{result.get('loss_last')}")
-    emit(result, as_json, f"run directory: {result['run']}\nreport: {result['report']}\n{scored}")
+    governed = cfg.routing.mode != "off" or cfg.provenance.enabled or cfg.memorization.mode != "off"
+    explore = f"\nopen it in the explorer: govlab explore {result['run']}" if governed else ""
+    emit(result, as_json, f"run directory: {result['run']}\nreport: {result['report']}\n{scored}{explore}")
 
 
 @app.command()
