@@ -142,17 +142,22 @@ def build(root: Path, *, quick: bool, progress: bool = True) -> None:
 
     jobs = [*(("run", n, c) for n, c in routing_configs(quick).items()),
             *(("run", c.name, c) for c in memorization_configs(quick).values()), ("lineage", "lineage", None)]
+    seconds = {}
     with tqdm(total=len(jobs) + 1, desc="workshop prepare", disable=not progress) as bar:
+        start = time.perf_counter()
         load_evaluator(16, progress=False)  # the world's evaluator: scores and lineage features
+        seconds["evaluator"] = round(time.perf_counter() - start, 1)
         bar.update()
         for kind, name, cfg in jobs:
             bar.set_postfix_str(name)
+            start = time.perf_counter()
             if kind == "run":
                 train_run(cfg, root / "runs" / name, progress=False)
             else:
                 write_json(root / "answers" / "lineage.json", _train_lineage(root, quick))
+            seconds[name] = round(time.perf_counter() - start, 1)
             bar.update()
-    write_json(root / "built.json", {"quick": quick, "key": cache_key(quick)})
+    write_json(root / "built.json", {"quick": quick, "key": cache_key(quick), "seconds": seconds})
 
 
 def cached_build(*, quick: bool, progress: bool = True) -> Path:
@@ -221,7 +226,8 @@ def prepare(out: str | Path, *, quick: bool = False, check: bool = True, progres
             lesson_seconds[name] = run_lesson(out, name, checks / f"{name}.ipynb")
         shutil.rmtree(out / "work", ignore_errors=True)  # what the lessons wrote: a class starts clean
     result = {"workshop": str(out), "quick": quick, "lessons": list(LESSONS), "cache": str(built),
-              "build_seconds": build_seconds}
+              "build_seconds": build_seconds,
+              "trained_seconds": json.loads((built / "built.json").read_text()).get("seconds")}
     if check:
         result["lesson_seconds"] = lesson_seconds
     result["seconds"] = round(time.perf_counter() - start, 1)

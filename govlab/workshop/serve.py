@@ -29,7 +29,8 @@ def command(workshop: Path, *, port: int, ip: str, token: str, show: bool) -> li
     """The JupyterLab command line: rooted at the lessons, on ``ip:port`` only (no fallback port)."""
     return [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={workshop / 'lessons'}",
             f"--ServerApp.ip={ip}", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={token}", *([] if show else ["--no-browser"])]
+            f"--IdentityProvider.token={token}", *([] if show else ["--no-browser"]),
+            *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])]  # containers run as root
 
 
 def url(ip: str, port: int, token: str) -> str:
