@@ -91,13 +91,15 @@ class RunConfig:
             del d["provenance"]
         else:  # an exact index hashes as before the sampled mode existed
             d["provenance"] = self.provenance.hashed()
+        if not self.routing.confined_sources:  # hashes of runs from before the setting are unchanged
+            del d["routing"]["confined_sources"]
         for key, default in (("backbone", "unet"), ("dit_layers", 4), ("latent", False), ("vae_steps", 300)):
             if d["model"][key] == default:  # a pixel-space UNet hashes as before backbones existed
                 del d["model"][key]
-        if not self.routing.confined_sources:  # hashes of runs from before the setting are unchanged
-            del d["routing"]["confined_sources"]
         del d["train"]["device"]  # where a run trains is not what it trains (the same batches): a run
         # may resume on another device, and hashes of runs from before the setting are unchanged
+        if self.world.version == 1:  # runs on the original world hash as before world versions existed
+            del d["world"]["version"]
         return sha256_json(d)[:16]
 
 
@@ -105,6 +107,10 @@ SECTIONS = {"world": WorldConfig, "model": ModelConfig, "train": TrainConfig, "e
             "routing": RoutingConfig, "memorization": MemorizationConfig,
             "provenance": ProvenanceConfig}
 
+
+# every key of a world section that a run's config.yaml held before world versions existed: such a
+# section (a whole world, with no version) describes the original world, version 1
+LEGACY_WORLD_KEYS = {f.name for f in dataclasses.fields(WorldConfig)} - {"version"}
 
 EXPECTED = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
             dict: "a mapping", tuple: "a list", type(None): "null"}
@@ -165,6 +171,8 @@ def from_dict(values: dict, *, base: RunConfig | None = None, where: str = "conf
         if key in SECTIONS:
             if not isinstance(value, dict):
                 raise GovlabError(f"{where}: section {key!r} must be a mapping")
+            if key == "world" and "version" not in value and set(value) >= LEGACY_WORLD_KEYS:
+                value = {**value, "version": 1}  # a run's config.yaml written before world versions
             merged[key] = {**merged[key], **value}
         elif key in ("name", "data"):
             merged[key] = value
