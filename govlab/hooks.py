@@ -52,6 +52,12 @@ class Hook:
         batch (every per-sample field together), so that the other hooks see one order."""
 
     def before_forward(self, ctx: StepContext) -> None: ...
+
+    def reduces_gradients(self, ctx: StepContext) -> bool:
+        """Under several ranks: whether this hook averages the step's gradients across ranks itself
+        (the provenance index on the steps it computes shares), in place of DDP's all-reduce."""
+        return False
+
     def before_backward(self, ctx: StepContext) -> None: ...
     def after_backward(self, ctx: StepContext) -> None: ...
     def after_step(self, ctx: StepContext) -> None: ...
@@ -73,6 +79,10 @@ class EventLog:
         self.path = Path(path)
 
     def write(self, kind: str, **fields) -> None:
+        from govlab.distributed import is_main
+
+        if not is_main():  # under several ranks, rank 0 keeps the log
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps({"event": kind, **fields}, default=str) + "\n")
 
@@ -99,5 +109,9 @@ class EventLog:
     def truncate_after(self, step: int) -> None:
         """Drop events logged after ``step`` (used on resume, so a replayed step logs once). An
         append cut off by a crash is dropped too: it came after the last checkpoint."""
+        from govlab.distributed import is_main
+
+        if not is_main():
+            return
         kept = [e for e in self.read(torn_tail_ok=True) if e.get("step", -1) <= step]
         write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))

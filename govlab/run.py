@@ -13,6 +13,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from govlab import distributed
 from govlab.config import RunConfig
 from govlab.data.cache import run_dataset
 from govlab.data.dataset import check_trainable
@@ -62,6 +63,9 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: l
     training leaves a complete, sealed run and is raised as one GovlabError naming what failed."""
     out = Path(out)
     training_device(cfg.train.device)  # a device torch cannot reach is refused before anything is written
+    # under torchrun: join the ranks; a rank count that does not divide the batch is refused here
+    world = distributed.init_from_env(cfg.train.device)
+    distributed.check_batch(cfg.train.batch_size, world)
     dataset = run_dataset(cfg, progress=progress)
     check_trainable(dataset)
     against = scored_against(cfg, dataset)
@@ -77,9 +81,12 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: l
     recorder = [] if resume and _saved_hooks(out) == len(governance) else [loss]
     trainer = Trainer(cfg, dataset, out, hooks=[*governance, *recorder],
                       progress=progress)  # writes nothing yet, and may refuse (batch size, routing bands)
-    if not resume:
+    if not resume and world.main:
         clear_run(out)
+    distributed.barrier()
     trainer.fit(resume=resume)
+    if not world.main:  # rank 0 evaluates, reports and seals the run
+        return {"run": str(out), "rank": world.rank, "world_size": world.size, "steps": trainer.step}
 
     failed: dict[str, str] = {}  # what could not be made -> why
     scores, acc, grids, probes = {}, None, [], []

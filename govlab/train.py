@@ -6,6 +6,7 @@ is a minimal text-to-image diffusion training loop.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
+from govlab import distributed
 from govlab.checkpoint import load_state, save_state
 from govlab.config import RunConfig, to_yaml
 from govlab.data.dataset import Dataset
@@ -89,7 +91,12 @@ def training_device(name: str) -> torch.device:
 
 class Trainer:
     """Owns the model, optimizer, data order and RNG of a run; ``fit`` runs the loop. The model (a
-    given ``model`` too, in place) is moved to ``train.device``."""
+    given ``model`` too, in place) is moved to ``train.device``.
+
+    Under several ranks (``torchrun``: ``govlab.distributed``), every rank draws the global batch
+    and trains its slice of ``batch_size / ranks`` samples through DDP; the data order, the RNG and
+    the governance state stay global (a checkpoint resumes under any number of ranks) and rank 0
+    writes the files."""
 
     def __init__(self, cfg: RunConfig, dataset: Dataset, out: str | Path, *,
                  hooks: list[Hook] = (), model: TextToImage | None = None, progress: bool = True):
@@ -97,7 +104,11 @@ class Trainer:
         self.hooks, self.progress = list(hooks), progress
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.device = training_device(cfg.train.device)
+        self.world = distributed.world()
+        distributed.check_batch(cfg.train.batch_size, self.world)  # before anything is built
+        self.data_hash = dataset.fingerprint()
+        distributed.check_same(f"config {cfg.hash()}, data {self.data_hash}", "configs or data")
+        self.device = distributed.rank_device(training_device(cfg.train.device))
         self.model = (model if model is not None else build_model(cfg, dataset, progress=progress)).to(self.device)
         t = cfg.train
         supplied = [opt for h in self.hooks if (opt := h.on_build(self)) is not None]
@@ -112,8 +123,8 @@ class Trainer:
         self.images = to_float(dataset.images).to(self.device)
         self.tokens = self.model.tokenizer([r["caption"] for r in dataset.records]).to(self.device)
         self.null_tokens = self.model.tokenizer([""])[0].to(self.device)
-        self.events = EventLog(self.out / "events.jsonl")
-        self.data_hash = dataset.fingerprint()
+        self.events = EventLog(self.out / "events.jsonl")  # rank 0 writes it
+        self.ddp = distributed.wrap(self.model, self.device)  # None on one rank
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         """AdamW over all parameters (unless a hook supplies the optimizer in ``on_build``)."""
@@ -130,6 +141,9 @@ class Trainer:
         noise = torch.randn(b, *self.model.noise_shape, generator=self.rng)
         timesteps = torch.randint(0, self.model.noise_scheduler.config.num_train_timesteps, (b,),
                                   generator=self.rng)
+        # several ranks: the global batch and its draws above, this rank's slice of them below
+        idx, drop, noise, timesteps = (distributed.shard(t, self.world) for t in (idx, drop, noise, timesteps))
+        b = len(idx)
         rows = idx.to(dev)
         tokens = self.tokens[rows].clone()
         tokens[drop.to(dev)] = self.null_tokens
@@ -142,11 +156,17 @@ class Trainer:
             h.arrange(ctx)
         for h in self.hooks:
             h.before_forward(ctx)
-        ctx.per_sample_loss = self.model(ctx.x0, ctx.tokens, ctx.noise, ctx.timesteps)
-        for h in self.hooks:
-            h.before_backward(ctx)
-        ctx.loss = (ctx.per_sample_loss * ctx.weights).mean()
-        ctx.loss.backward()
+        # several ranks: DDP averages the gradients, except on a step whose gradients a hook
+        # averages itself (the index, from its reduced per-source shares)
+        own = self.ddp is not None and any(h.reduces_gradients(ctx) for h in self.hooks)
+        with self.ddp.no_sync() if own else contextlib.nullcontext():
+            ctx.per_sample_loss = (self.ddp or self.model)(ctx.x0, ctx.tokens, ctx.noise, ctx.timesteps)
+            for h in self.hooks:
+                h.before_backward(ctx)
+            ctx.loss = (ctx.per_sample_loss * ctx.weights).mean()
+            ctx.loss.backward()
+        if self.ddp is not None:  # the global batch's loss
+            ctx.loss = distributed.all_reduce_mean(ctx.loss.detach())
         for h in self.hooks:
             h.after_backward(ctx)
         self.optimizer.step()
@@ -190,9 +210,10 @@ class Trainer:
         self.rng.set_state(state["rng"])
 
     def checkpoint(self) -> None:
-        save_state(self.out / CHECKPOINT, self.state_dict())
-        # weights of every checkpoint, kept for checkpoint-based attribution (TracIn, D-TRAK)
-        self.model.save(self.out / CHECKPOINT_DIR / f"step_{self.step:06d}.safetensors")
+        if self.world.main:  # every rank holds the same state
+            save_state(self.out / CHECKPOINT, self.state_dict())
+            # weights of every checkpoint, kept for checkpoint-based attribution (TracIn, D-TRAK)
+            self.model.save(self.out / CHECKPOINT_DIR / f"step_{self.step:06d}.safetensors")
         for h in self.hooks:
             h.on_checkpoint(self, self.step)
 
@@ -202,14 +223,16 @@ class Trainer:
         if resume:  # before mkdir: an --out that is a file is named as holding no checkpoint
             self.load_state_dict(load_state(self.out / CHECKPOINT))
             self.events.truncate_after(self.step - 1)
-        else:
+        elif self.world.main:
             self.events.path.unlink(missing_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
-        write_text(self.out / "config.yaml", to_yaml(self.cfg))
+        if self.world.main:
+            write_text(self.out / "config.yaml", to_yaml(self.cfg))
         for h in self.hooks:
             h.on_start(self)
         end = min(until or self.cfg.train.steps, self.cfg.train.steps)
-        bar = tqdm(total=end, initial=self.step, desc=f"train {self.cfg.name}", disable=not self.progress)
+        bar = tqdm(total=end, initial=self.step, desc=f"train {self.cfg.name}",
+                   disable=not (self.progress and self.world.main))
         self.model.train()
         start = time.perf_counter()
         while self.step < end:
@@ -221,9 +244,10 @@ class Trainer:
         bar.close()
         self.seconds = time.perf_counter() - start
         if self.step == self.cfg.train.steps:
-            self.model.save(self.out / "model.safetensors")
-            for h in self.hooks:
-                h.on_end(self)
+            if self.world.main:
+                self.model.save(self.out / "model.safetensors")
+                for h in self.hooks:  # the hooks' files: rank 0's
+                    h.on_end(self)
         return self
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from govlab import distributed
 from govlab.data.dataset import Dataset
 from govlab.errors import GovlabError
 from govlab.hooks import Hook, StepContext
@@ -122,11 +123,29 @@ class MemorizationMonitor(Hook):
 
     def score(self, rows: list[int], step: int) -> dict[int, float]:
         """Detector score of each row (rows with the same key are scored once). The noise-magnitude
-        detector draws its noises afresh at each check (seeded by ``step``)."""
+        detector draws its noises afresh at each check (seeded by ``step``). Under several ranks
+        each rank scores every ``ranks``-th of the rows and the scores are gathered, so that every
+        rank flags the same rows."""
         first: dict[tuple, int] = {}
         for r in rows:
             first.setdefault(self.keys[r], r)
         reps = list(first.values())
+        w = distributed.world()
+        if not w.active:
+            return self._score(rows, reps, step)
+        mine = self._score(reps[w.rank::w.size], reps[w.rank::w.size], step) if reps[w.rank::w.size] else {}
+        by_rep = {r: v for part in distributed.gather_objects(mine) for r, v in part.items()}
+        return {r: by_rep[first[self.keys[r]]] for r in rows}
+
+    @property
+    def not_reduced(self) -> list[str]:
+        """What differs from a one-rank run under several ranks (named in the index attrs)."""
+        if distributed.world().active and self.cfg.detector == "regeneration":
+            return ["mem_score: the regeneration detector draws its generations' noise for the watched rows "
+                    "a rank scores, so its scores depend on how the rows are split across ranks"]
+        return []
+
+    def _score(self, rows: list[int], reps: list[int], step: int) -> dict[int, float]:
         c = self.cfg
         if c.detector == "noise":
             prompts = self.tokens[reps] if self.tokens is not None else [self.records[r]["caption"] for r in reps]
@@ -253,7 +272,9 @@ class MemorizationMonitor(Hook):
 
     # -- state ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """memorization.json: config, threshold, flags, latest scores and the score history."""
+        """memorization.json: config, threshold, flags, latest scores and the score history (rank 0's)."""
+        if not distributed.is_main():
+            return
         write_json(path, {"config": asdict(self.cfg), "threshold": self.threshold,
                           "flagged": {str(r): s for r, s in self.flagged.items()},
                           "latest_scores": {str(r): s for r, s in self.latest_scores.items()},
@@ -304,8 +325,19 @@ def read_monitor(run: str | Path) -> dict:
     return m
 
 
+def check_world(cfg: MemorizationConfig) -> None:
+    """``regularize`` draws its noise or token swaps per sample of one process's batch: refused under
+    several ranks."""
+    w = distributed.world()
+    if w.active and cfg.mode == "monitor" and cfg.intervention == "regularize":
+        raise GovlabError(f"memorization.intervention 'regularize' is not supported under {w.size} ranks (its "
+                          "draws follow one process's batch); use none, attenuate, drop or deduplicate, or train "
+                          "on one rank")
+
+
 def attach(cfg, dataset: Dataset) -> list[Hook]:
     """The monitor hook of a run config (none when ``memorization.mode`` is off)."""
     if cfg.memorization.mode == "off":
         return []
+    check_world(cfg.memorization)
     return [MemorizationMonitor(cfg.memorization, dataset, guidance=cfg.eval.guidance)]

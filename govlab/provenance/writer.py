@@ -24,6 +24,12 @@ does not change the training. The variance of the total is estimated by the sum 
 of ``(1 - p_t) / p_t^2 (y_t - b_t x_t)^2`` (unbiased), or, where larger, by a model-based estimate
 that counts every step (``_finish_variance``); ``*_se`` is its root, and ``steps_drawn`` counts the
 randomly drawn steps, the degrees of freedom of its interval.
+Under several ranks (``govlab.distributed``) each rank computes the shares of its slice of the batch;
+they are summed across ranks per group (one all-reduce of groups x parameters) before any figure is
+taken, and each parameter's gradient is set to the sum of the reduced shares (in place of DDP's
+all-reduce on those steps), so every rank accumulates the figures of the global batch and rank 0
+writes the one index. The batch's rows and loss weights are gathered at every step for the counts.
+
 A group whose rows all carry loss weight 0 in a step (none in the batch, or zero-weighted by an
 opt-out) has ``y_t = x_t = 0`` exactly, so its estimate and standard error are exactly 0 over any
 interval of such steps, sampled or not.
@@ -40,6 +46,7 @@ import torch
 import xarray as xr
 
 import govlab
+from govlab import distributed
 from govlab.errors import GovlabError
 from govlab.hooks import Hook
 from govlab.io import atomic_path, sha256_json
@@ -144,6 +151,7 @@ class ProvenanceWriter(Hook):
         self._pending: dict | None = None
         self._on_step: tuple[int, bool] | None = None  # (step, whether its shares are computed)
         self.layer_shares = None
+        self.world_sizes: list[list[int]] = []  # [first step, ranks] of each part of the run
 
     # -- set-up --------------------------------------------------------------------------------
     def setup(self, records: list[dict], band_of: dict[str, str], attrs: dict) -> None:
@@ -214,10 +222,22 @@ class ProvenanceWriter(Hook):
                  "model_hash": model_hash(model), "govlab_version": govlab.__version__,
                  "bands_json": json.dumps(band_modules(band_of)), "sources_json": json.dumps(self.sources),
                  "provenance_config_json": json.dumps(asdict(self.cfg)), **attrs}
+        w = distributed.world()
+        if not self.world_sizes or self.world_sizes[-1][1] != w.size:
+            self.world_sizes.append([int(step), w.size])
+        if any(n > 1 for _, n in self.world_sizes):
+            not_reduced = sorted({t for h in hooks for t in getattr(h, "not_reduced", ())})
+            attrs["distributed_json"] = json.dumps({
+                "world_sizes": self.world_sizes, "backend": w.backend or "none",
+                "reduced": "per-group shares summed across ranks at each computed step; rows, loss "
+                           "weights and counts gathered at every step",
+                "not_reduced": not_reduced})
         pending = self._pending
         self.setup(records, band_of, attrs)
         self.params = [p for _, p in named]
         self._flat_views = [p.detach().view(-1) for p in self.params]
+        ends = np.cumsum([p.numel() for p in self.params]).tolist()
+        self._param_spans = [slice(e - p.numel(), e) for p, e in zip(self.params, ends)]
         if getattr(self, "layer_shares", None) is not None:
             self.layer_shares.remove()
         self.router = router
@@ -244,6 +264,11 @@ class ProvenanceWriter(Hook):
             on = not self.sampled or step_sampled(self.cfg, step)
             self._on_step = (step, on)
         return self._on_step[1]
+
+    def reduces_gradients(self, ctx) -> bool:
+        """Under several ranks, on a step whose shares are computed: the gradient is the sum of the
+        shares reduced across ranks (``_reduce``), set here, not by DDP."""
+        return distributed.world().active and self.computes(ctx.step)
 
     def _sorts(self) -> bool:
         """With the one-backward path and routing off, the batch is sorted by group so that each
@@ -280,7 +305,25 @@ class ProvenanceWriter(Hook):
             return
         if self.layer_shares is not None:
             self._shares = self.layer_shares.finish()
+        if distributed.world().active:
+            self._reduce(ctx)
         self._before = self._flat_params()
+
+    def _reduce(self, ctx) -> None:
+        """Several ranks: the global batch's shares (groups of the global batch x parameters), each
+        rank's summed and divided by the ranks (each rank's loss is the mean over its slice), and
+        every parameter's gradient set to their sum (None where no rank's step reached it)."""
+        rows = distributed.all_gather_rows(ctx.indices.to(torch.int64))
+        ids = torch.unique(self.group_of_row[rows.cpu()])
+        full = self._shares.new_zeros(len(ids), self._shares.shape[1])
+        full[torch.searchsorted(ids, self._ids).to(full.device)] = self._shares
+        reached = torch.tensor([p.grad is not None for p in self.params], dtype=torch.float32, device=full.device)
+        full = distributed.all_reduce_sum(full).div_(distributed.world().size)
+        reached = distributed.all_reduce_sum(reached) > 0
+        total = full.sum(0)
+        for p, span, on in zip(self.params, self._param_spans, reached.tolist()):
+            p.grad = total[span].view_as(p) if on else None
+        self._shares = full
 
     def _flat_params(self) -> torch.Tensor:
         """A copy of the parameters as one vector, in one call: the cached views follow in-place
@@ -291,20 +334,22 @@ class ProvenanceWriter(Hook):
 
     def after_step(self, ctx) -> None:
         on = self.computes(ctx.step)
+        rows, weights = ctx.indices, ctx.weights.detach()
+        if distributed.world().active:  # the global batch's rows and loss weights
+            rows = distributed.all_gather_rows(rows.to(torch.int64)).cpu()
+            weights = distributed.all_gather_rows(weights)
         if on:
             delta = self._flat_params().sub_(self._before)
             norm_sq, update = (t.cpu() for t in band_figures(self._shares, delta, self.spans))
             self._shares = self._before = None
-        else:  # the exact counts only
-            gid = self.group_of_row[ctx.indices]
-            self._ids, local, self._counts = torch.unique(gid, return_inverse=True, return_counts=True)
-        ids = self._ids
+        gid = self.group_of_row[rows]
+        ids, local, self._counts = torch.unique(gid, return_inverse=True, return_counts=True)
+        self._ids = ids
         if not self.sampled:
             self.acc["grad_norm_sq"][ids] += norm_sq
             self.acc["update_share"][ids] += update
         else:
-            x = torch.zeros(len(ids), dtype=torch.float64).index_add_(
-                0, local if not on else self._local, ctx.weights.detach().cpu().double())
+            x = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, local, weights.cpu().double())
             self._estimate(ids, x, (norm_sq, update) if on else None, inclusion(self.cfg, ctx.step))
         self.acc["steps_seen"][ids] += 1
         self.acc["samples_seen"][ids] += self._counts
@@ -376,8 +421,9 @@ class ProvenanceWriter(Hook):
             for k, v in self.acc.items():
                 h.setdefault(k, []).append(v.clone())
             h["mem_score"].append(torch.from_numpy(mem) if mem is not None else None)
-            write_index(self.to_dataset(), self.out / INDEX)
-        else:
+            if distributed.is_main():  # every rank holds the same figures
+                write_index(self.to_dataset(), self.out / INDEX)
+        elif distributed.is_main():
             ds = self.to_dataset(checkpoints=[step], arrays={k: v[..., None] for k, v in self.acc.items()},
                                  mem=[mem])
             write_index(ds, self.out / PARTS / f"step_{step:06d}.nc")
@@ -426,11 +472,14 @@ class ProvenanceWriter(Hook):
                "mem_score": [m if m is not None else torch.zeros(0) for m in h["mem_score"]]}
         if self.sampled:
             out["cv"] = dict(self.cv)
+        if self.world_sizes:
+            out["world_sizes"] = [list(map(int, ws)) for ws in self.world_sizes]
         return out
 
     def load_state_dict(self, state: dict) -> None:
         self.history = {"checkpoint": list(state["checkpoint"]),
-                        **{k: list(v) for k, v in state.items() if k not in ("acc", "cv", "checkpoint", "mem_score")},
+                        **{k: list(v) for k, v in state.items()
+                           if k not in ("acc", "cv", "checkpoint", "mem_score", "world_sizes")},
                         "mem_score": [m if m.numel() else None for m in state["mem_score"]]}
         fields = FIGURES + (("source_steps_seen",) if self.cfg.granularity == "sample" else ())
         if self.sampled:
@@ -440,6 +489,7 @@ class ProvenanceWriter(Hook):
         missing += ["'cv'"] if self.sampled and "cv" not in state else []
         if missing:  # the trainer names the checkpoint and the missing field
             raise KeyError(missing[0])
+        self.world_sizes = [list(ws) for ws in state.get("world_sizes", [])]
         self._pending = (dict(state["acc"]), dict(state["cv"]) if self.sampled else None)
 
 

@@ -18,6 +18,7 @@ import contextlib
 import torch
 from torch import nn
 
+from govlab import distributed
 from govlab.errors import GovlabError
 from govlab.routing import ops
 from govlab.routing.bands import TRUNK
@@ -212,13 +213,21 @@ class Router:
                     t[i, self.index[b]] = True
         return t
 
-    def route(self, records: list[dict] | None = None, *, table: torch.Tensor | None = None) -> None:
-        """Set the routing of the next forward/backward: from records, or rows of a ``table``."""
+    def route(self, records: list[dict] | None = None, *, table: torch.Tensor | None = None,
+              counts: list[int] | None = None) -> None:
+        """Set the routing of the next forward/backward: from records, or rows of a ``table``.
+        Under several ranks (``govlab.distributed``) the table holds this rank's slice of the batch,
+        and the per-band counts of the whole batch (``counts``, else summed across the ranks: a
+        collective call) decide the idle bands and ``band_counts``, so that every rank's optimizer
+        moves the same parameters."""
         t = self.table(records) if table is None else table
         first = next(self.model.parameters())
         self._table = t
         self._b = t.shape[0]
         self._count = t.sum(0).tolist()
+        if counts is None and distributed.world().active:
+            counts = distributed.all_reduce_sum(t.sum(0).to(torch.int64)).tolist()
+        self._global = list(counts) if counts is not None else self._count
         self._cols = t.t().to(first.device, first.dtype).contiguous()
         self._sel = []  # per band: None (all or none), a slice (contiguous samples) or a 0/1 mask
         for j, n in enumerate(self._count):
@@ -243,6 +252,7 @@ class Router:
 
     def clear(self) -> None:
         self._table, self._b, self._count, self._cols, self._sel = None, 0, None, None, None
+        self._global = None
 
     @property
     def active(self) -> bool:
@@ -279,7 +289,7 @@ class Router:
         """Parameters of bands no sample of the routed batch may change."""
         if self._count is None:
             return []
-        return [p for b in self.bands if self._count[self.index[b]] == 0 for p in self.params_of[b]]
+        return [p for b in self.bands if self._global[self.index[b]] == 0 for p in self.params_of[b]]
 
     def band_counts(self) -> dict[str, int]:
-        return {b: int(self._count[i]) for b, i in self.index.items()} if self._count else {}
+        return {b: int(self._global[i]) for b, i in self.index.items()} if self._count else {}
