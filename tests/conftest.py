@@ -5,6 +5,9 @@ import pytest
 
 from govlab.config import load_config
 
+# Sweeps of retrainings run serially in each test worker (govlab.sweep); tests/sweep starts Ray itself.
+os.environ.setdefault("GOVLAB_WORKERS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 

@@ -1,8 +1,10 @@
 """Structural vs statistical attribution, scored against ground truth by retraining.
 
-Three query sets, each answered by every method that can: prompts naming an artist (``named``),
-prompts naming none (``unnamed``) and generated images with no caption (``images``: the images the
-model generated for the named prompts, attributed as pictures, not captions). Methods: structural
+Four query sets, each answered by every method that can: prompts naming an artist (``named``),
+prompts naming none (``unnamed``), generated images with no caption (``images``: the images the
+model generated for the named prompts, attributed as pictures, not captions) and prompts naming an
+artist who is not in the training data (``removed``: an artist of the dataset dropped from training,
+``CompareConfig.removed``, or one the dataset never held). Methods: structural
 (slot ablation on a named prompt, slot evidence on the others: ``govlab.attribution.structural``), the
 name-reading baseline (1 for the source a prompt names, 0 for every other; named prompts only), TracIn
 over every trained parameter and D-TRAK. Ground truth is (a) leave-one-source-out retraining and (b)
@@ -25,20 +27,25 @@ from govlab.attribution.aggregate import per_source
 from govlab.attribution.dtrak import dtrak_scores
 from govlab.attribution.lds import half_subsets, lds, lds_ci
 from govlab.attribution.probe import Probe, cat_probes, model_output, prompt_probe, train_probe
-from govlab.attribution.retrain import retrain, retrain_all
+from govlab.attribution.retrain import retrain_job
 from govlab.attribution.structural import slot_ablation_scores, slot_evidence_scores
 from govlab.attribution.tracin import tracin_scores
 from govlab.config import RunConfig
 from govlab.data.cache import build_once, cache_dir, run_dataset
 from govlab.data.world import ARTISTS, COLORS, POSITIONS_1, SHAPES, caption_for
+from govlab.errors import GovlabError
 from govlab.io import read_text, sha256_json, write_json
 from govlab.models.diffusion import TextToImage
 from govlab.routing.hook import attach
+from govlab.sweep import Sweep
 from govlab.train import CHECKPOINT_DIR
 
 METHODS = ("structural", "name_baseline", "tracin", "dtrak")
-RESULT_FORMAT = 2  # bumped when the comparison computes something else: a cached result is not reused
-QUERY_SETS = {"named": "", "unnamed": "_unnamed", "images": "_images"}  # set: suffix of its summary fields
+RESULT_FORMAT = 3  # bumped when the comparison computes something else: a cached result is not reused
+QUERY_SETS = {"named": "", "unnamed": "_unnamed", "images": "_images",
+              "removed": "_removed"}  # set: suffix of its summary fields
+UNKNOWN_ARTISTS = ("artist_6", "artist_7", "artist_8")  # names no world holds
+REMOVED_PROMPTS = (("circle", "red", "center"), ("triangle", "blue", "top left"), ("bar", "green", "bottom right"))
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class CompareConfig:
     sample_steps: int = 20
     seed: int = 0
     query_sets: tuple[str, ...] = tuple(QUERY_SETS)
+    removed: tuple[str, ...] = ("artist_5",)  # dataset sources dropped from training (model, LOO, LDS alike)
 
 
 def artist_prompts(sources: list[str]) -> list[dict]:
@@ -64,6 +72,23 @@ def artist_prompts(sources: list[str]) -> list[dict]:
             attrs = {"kind": "artist", "source_id": a.source_id, "shape": "circle", "color": "red",
                      "count": 1, "position": "center"}
             out.append({"prompt": caption_for(attrs), "artist": a.source_id})
+    return out
+
+
+def removed_prompts(removed: list[str], sources: list[str]) -> list[dict]:
+    """Prompts naming an artist who is not in the training data: three per removed artist (dropped from
+    training) and one per unknown artist (``UNKNOWN_ARTISTS``, in no dataset's sources), each
+    ``{"prompt", "artist": None, "named": source_id, "kind": "removed" | "unknown"}``."""
+    out = []
+    for src in removed:
+        for shape, color, position in REMOVED_PROMPTS:
+            attrs = {"kind": "artist", "source_id": src, "shape": shape, "color": color, "count": 1,
+                     "position": position}
+            out.append({"prompt": caption_for(attrs), "artist": None, "named": src, "kind": "removed"})
+    for i, src in enumerate(a for a in UNKNOWN_ARTISTS if a not in sources):
+        shape, color, position = REMOVED_PROMPTS[i % len(REMOVED_PROMPTS)]
+        attrs = {"kind": "artist", "source_id": src, "shape": shape, "color": color, "count": 1, "position": position}
+        out.append({"prompt": caption_for(attrs), "artist": None, "named": src, "kind": "unknown"})
     return out
 
 
@@ -85,7 +110,8 @@ def _mean(xs) -> tuple[float, int]:
     return (round(statistics.fmean(finite), 4) if finite else math.nan), len(xs) - len(finite)
 
 
-def _queries(model: TextToImage, sources: list[str], cc: CompareConfig) -> dict[str, list[dict]]:
+def _queries(model: TextToImage, sources: list[str], cc: CompareConfig,
+             dataset_sources: list[str]) -> dict[str, list[dict]]:
     """Each query set's queries: ``{"prompt", "artist" (truth or None), "caption", "probe"}``."""
     named = artist_prompts(sources)
     probes = [prompt_probe(model, p["prompt"], n_images=cc.n_images, k=cc.k_test, seed=cc.seed + i,
@@ -102,10 +128,17 @@ def _queries(model: TextToImage, sources: list[str], cc: CompareConfig) -> dict[
         out["images"] = [{"prompt": "", "artist": p["artist"], "caption": "", "generated_for": p["prompt"],
                           "probe": Probe(pr.x0, model.tokenizer([""] * len(pr)), pr.noise, pr.timesteps)}
                          for p, pr in zip(named, probes)]
+    if "removed" in cc.query_sets:
+        out["removed"] = [{**p, "caption": p["prompt"],
+                           "probe": prompt_probe(model, p["prompt"], n_images=cc.n_images, k=cc.k_test,
+                                                 seed=cc.seed + 200 + i, steps=cc.sample_steps)}
+                          for i, p in enumerate(removed_prompts(list(cc.removed), dataset_sources))]
     return out
 
 
 def _structural(model, queries: list[dict], sources: list[str]) -> list[dict[str, float]]:
+    """Slot ablation where the prompt names a training source; slot evidence on the query's own images
+    otherwise (no source named, an image, or a named artist with no slot: not in the training data)."""
     out = []
     for q in queries:
         ranked = (slot_ablation_scores(model, q["probe"]) if q["artist"] is not None and q["caption"]
@@ -115,10 +148,12 @@ def _structural(model, queries: list[dict], sources: list[str]) -> list[dict[str
 
 
 def _name_baseline(queries: list[dict], sources: list[str]) -> list[dict[str, float]] | None:
-    """Reads the source's name in the prompt; a query naming none has no answer (None)."""
-    if any(q["artist"] is None or not q["caption"] for q in queries):
+    """Reads the source's name in the prompt; a query naming none has no answer (None). A prompt naming
+    an artist who is not a training source credits no source (every score 0: its LDS is undefined)."""
+    named = [q["artist"] if q["artist"] is not None else q.get("named") for q in queries]
+    if any(n is None or not q["caption"] for n, q in zip(named, queries)):
         return None
-    return [{s: float(s == q["artist"]) for s in sources} for q in queries]
+    return [{s: float(s == n) for s in sources} for n in named]
 
 
 def _statistical(name: str, model, queries: list[dict], *, checkpoints, trained, lr: float, cc: CompareConfig,
@@ -137,26 +172,37 @@ def _statistical(name: str, model, queries: list[dict], *, checkpoints, trained,
 
 
 def compare(cfg: RunConfig, cc: CompareConfig = CompareConfig(), *, methods=METHODS,
-            progress: bool = True) -> dict:
+            progress: bool = True, sweep: Sweep | None = None) -> dict:
     """Run the whole comparison, or load its result from the cache (keyed by the run config, ``cc``
-    and ``methods``); returns ``{"summary": {...}, "prompts": [...] (named), "queries": {set: [...]},
+    and ``methods``; not by ``sweep``, which runs the retrainings, on Ray or serially, with the same
+    result); returns ``{"summary": {...}, "prompts": [...] (named), "queries": {set: [...]},
     "subsets": [...], "config": {...}}``."""
     key = sha256_json({"format": RESULT_FORMAT, "config": cfg.hash(), "compare": asdict(cc),
                        "methods": sorted(methods)})[:16]
     path = cache_dir("attribution", "compare") / f"{key}.json"
-    build_once(path, path.is_file, lambda: write_json(path, _compare(cfg, cc, methods, progress)))
+    build_once(path, path.is_file, lambda: write_json(path, _compare(cfg, cc, methods, progress, sweep or Sweep())))
     return json.loads(read_text(path))
 
 
-def _compare(cfg: RunConfig, cc: CompareConfig, methods, progress: bool) -> dict:
+def _compare(cfg: RunConfig, cc: CompareConfig, methods, progress: bool, sweep: Sweep) -> dict:
     full = run_dataset(cfg, progress=progress)
-    trained, _ = attach(cfg, full)  # the records the model was trained on (after ingestion)
-    sources = full.sources
-    run = retrain(cfg, full, sources)
+    unknown = sorted(set(cc.removed) - set(full.sources))
+    if unknown:
+        raise GovlabError(f"CompareConfig.removed: {unknown[0]!r} is not a source of the dataset "
+                          f"(sources: {', '.join(full.sources)})")
+    sources = [s for s in full.sources if s not in cc.removed]  # the training sources
+    # the records the model was trained on: the removed sources' dropped, then ingestion
+    trained, _ = attach(cfg, full.subset([i for i, r in enumerate(full.records) if r["source_id"] in sources]))
+    # every training the comparison needs, as one sweep: the model itself, leave-one-out, LDS subsets
+    loo_sets = [[s for s in sources if s != d] for d in sources]
+    subsets = half_subsets(sources, cc.n_subsets, seed=cc.seed)
+    runs = sweep.run([retrain_job(cfg, full, s) for s in [sources, *loo_sets, *subsets]],
+                     desc="retrain (model, leave-one-out, LDS subsets)", progress=progress)
+    run = runs[0]
     model = TextToImage.load(run / "model.safetensors")
     checkpoints = sorted((run / CHECKPOINT_DIR).glob("step_*.safetensors"))
     proj_dim = min(cc.proj_dim, len(trained) // 2)  # below the training rows: the kernel solve is well-posed
-    sets = _queries(model, sources, cc)
+    sets = _queries(model, sources, cc, full.sources)
     everything = [q for queries in sets.values() for q in queries]
 
     scores: dict[str, dict[str, list]] = {name: {} for name in methods}
@@ -178,14 +224,13 @@ def _compare(cfg: RunConfig, cc: CompareConfig, methods, progress: bool) -> dict
                 scores[name][set_name] = [next(per) for _ in queries]
         seconds[name] = time.perf_counter() - t0
 
-    loo_models = retrain_all(cfg, full, [[s for s in sources if s != d] for d in sources], desc="leave-one-out",
-                             progress=progress)
-    subsets = half_subsets(sources, cc.n_subsets, seed=cc.seed)
-    lds_models = retrain_all(cfg, full, subsets, desc="LDS subsets", progress=progress)
+    loo_models = [TextToImage.load(r / "model.safetensors") for r in runs[1:1 + len(sources)]]
+    lds_models = [TextToImage.load(r / "model.safetensors") for r in runs[1 + len(sources):]]
 
     summary = {"prompts": len(sets.get("named", [])), "queries": len(everything), "sources": len(sources),
                "lds_subsets": len(subsets), "n_subsets": len(subsets), "dtrak_proj_dim": proj_dim,
-               "train_rows": len(trained)}
+               "train_rows": len(trained), "removed_sources": list(cc.removed),
+               "removed_queries": len(sets.get("removed", []))}
     for name in methods:  # seconds for every query of every set (the same queries for each method)
         summary[f"time_{name}_s"] = round(seconds[name], 4)
     if "structural" in seconds and "tracin" in seconds:

@@ -1,12 +1,11 @@
 """Ground truth by retraining: the same training loop on the dataset filtered to a subset of sources,
-each run cached under the cache dir by (config hash, kept sources)."""
+each run cached under the cache dir by (config hash, kept sources). A list of retrainings is a sweep
+(``govlab.sweep``): serial, or on Ray."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from govlab.config import RunConfig
 from govlab.data.cache import build_once, cache_dir
@@ -15,6 +14,7 @@ from govlab.errors import GovlabError
 from govlab.io import sha256_json
 from govlab.models.diffusion import TextToImage
 from govlab.routing.hook import attach
+from govlab.sweep import Job, Sweep
 from govlab.train import Trainer, build_model
 
 
@@ -47,8 +47,17 @@ def retrain(cfg: RunConfig, dataset: Dataset, sources: list[str]) -> Path:
     return out
 
 
+def retrain_job(cfg: RunConfig, dataset: Dataset, sources: list[str]) -> Job:
+    """The retraining on ``sources`` as a sweep job (its result: the run directory)."""
+    out = retrain_dir(cfg, sources)
+    return Job(retrain, (cfg, dataset, sorted(sources)),
+               {"retrain": cfg.name, "config": cfg.hash(), "sources": sorted(sources)},
+               cached=(out / "model.safetensors").is_file)
+
+
 def retrain_all(cfg: RunConfig, dataset: Dataset, subsets: list[list[str]], *, desc: str = "retrain",
-                progress: bool = True) -> list[TextToImage]:
-    """The model trained on each subset (cached runs are loaded, the others trained)."""
-    return [TextToImage.load(retrain(cfg, dataset, s) / "model.safetensors")
-            for s in tqdm(subsets, desc=desc, disable=not progress)]
+                progress: bool = True, sweep: Sweep | None = None) -> list[TextToImage]:
+    """The model trained on each subset: cached runs are loaded, the others trained by ``sweep``
+    (default ``Sweep()``: on local Ray where it is installed, with every core)."""
+    runs = (sweep or Sweep()).run([retrain_job(cfg, dataset, s) for s in subsets], desc=desc, progress=progress)
+    return [TextToImage.load(run / "model.safetensors") for run in runs]

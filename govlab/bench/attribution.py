@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from govlab.attribution.compare import CompareConfig, compare
 from govlab.config import from_dict, load_config
+from govlab.sweep import Sweep
 
 
 def bench_config(quick: bool):
@@ -17,7 +18,10 @@ def bench_config(quick: bool):
     return load_config("routed")
 
 
-def bench_attribution(*, quick: bool = False) -> dict:
+def bench_attribution(*, quick: bool = False, workers: int | None = None, address: str | None = None) -> dict:
+    """The comparison's summary; its retrainings run as one sweep (``govlab.sweep``: local Ray with
+    ``workers`` CPUs, the cluster at ``address``, or serially)."""
     cc = (CompareConfig(n_subsets=16, n_images=2, k_test=2, k_dtrak=2, proj_dim=128, sample_steps=8) if quick
           else CompareConfig())
-    return {**compare(bench_config(quick), cc, progress=False)["summary"], "quick": quick}
+    return {**compare(bench_config(quick), cc, progress=False,
+                       sweep=Sweep(workers=workers, address=address))["summary"], "quick": quick}

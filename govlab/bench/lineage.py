@@ -7,6 +7,7 @@ from govlab.lineage.api import default_prompts, prompt_distances
 from govlab.lineage.features import get_extractor
 from govlab.lineage.zoo import cached_zoo
 from govlab.studies.lineage import accuracy, evaluate, split_accuracy, zoo_boxes, zoo_features
+from govlab.sweep import Sweep
 
 K, MODELS = 100, 8
 # Without --quick, accuracy at this k too: in this world the distances of fine-tunes to their bases
@@ -19,15 +20,17 @@ def _split(verdicts) -> dict:
     return {k: round(v, 4) if k.startswith("accuracy") else v for k, v in split_accuracy(verdicts).items()}
 
 
-def bench_lineage(*, quick: bool = False) -> dict:
+def bench_lineage(*, quick: bool = False, workers: int | None = None, address: str | None = None) -> dict:
     """Median seconds of Isomap + JS for 8 models x k=100 features of one prompt; zoo accuracy at
     k=100 and, without ``quick``, at k=300: over all targets (``accuracy``), over the fine-tunes
     alone (``accuracy_finetunes``, right base among ``n_finetunes``) and over the from-scratch
     models alone (``accuracy_null``, NULL among ``n_scratch``).
 
-    Samples and the zoo are cached, so only the first call pays for training and generation.
+    Samples and the zoo are cached, so only the first call pays for training and generation; the
+    zoo's models train as sweeps (``govlab.sweep``: local Ray with ``workers`` CPUs, the cluster at
+    ``address``, or serially).
     """
-    zoo = cached_zoo(quick=True)
+    zoo = cached_zoo(quick=True, sweep=Sweep(workers=workers, address=address))
     boxes = zoo_boxes(zoo)
     prompts = default_prompts([boxes[m.name] for m in zoo.bases])
     feats = zoo_features(zoo, prompts, k=K, extractor=get_extractor("world"))

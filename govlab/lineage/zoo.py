@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 from peft import LoraConfig, get_peft_model
-from tqdm.auto import tqdm
 
 from govlab.config import from_dict
 from govlab.data.cache import cache_dir, run_dataset
@@ -28,6 +27,7 @@ from govlab.data.world import WORLD_VERSION
 from govlab.errors import GovlabError
 from govlab.io import sha256_file, sha256_json, write_json
 from govlab.models.diffusion import TextToImage
+from govlab.sweep import Job, Sweep
 from govlab.train import Trainer
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -142,65 +142,80 @@ def recipes(*, quick: bool = True) -> list[Recipe]:
     ]
 
 
-def build_zoo(out: str | Path, *, quick: bool = True, progress: bool = True, poll_s: float = 1.0) -> Zoo:
+def build_zoo(out: str | Path, *, quick: bool = True, progress: bool = True, poll_s: float = 1.0,
+              sweep: Sweep | None = None) -> Zoo:
     """Train every recipe into ``out`` (skipping finished ones) and write ``zoo.json``.
 
-    Processes may build the same zoo at once and share the work: each model is trained under its
-    own lock, a process passes over a model another one holds (or whose parent is unfinished) and
+    The models are trained as sweeps (``govlab.sweep``: on local Ray, a Ray cluster, or serially; by
+    default ``Sweep()``), in rounds: every model whose parent is finished (the bases first). Processes
+    may build the same zoo at once and share the work: each model is trained under its own lock, a
+    job passes over a model another process holds (or whose parent is unfinished) and a later round
     comes back to it, polling every ``poll_s`` seconds while nothing else is left.
     """
     out = Path(out)
     todo = recipes(quick=quick)
     by_name = {r.name: r for r in todo}
-
-    def where(r: Recipe) -> Path:
-        return out / ("pool" if r.role == "base" else "targets") / r.name
-
-    def stamp(r: Recipe) -> dict:
-        return recipe_stamp(r, by_name, where(by_name[r.parent]) if r.parent is not None else None)
-
-    def done(r: Recipe) -> bool:
-        path = where(r) / "recipe.json"
-        return path.is_file() and json.loads(path.read_text()) == stamp(r)
-
+    sweep = sweep or Sweep()
     pending = list(todo)
-    with tqdm(total=len(todo), desc="zoo", disable=not progress) as bar:
-        while pending:
-            for r in pending:
-                if r.parent is not None and not done(by_name[r.parent]):
-                    continue
-                where(r).parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    with FileLock(f"{where(r)}.lock", timeout=0):
-                        if not done(r):
-                            shutil.rmtree(where(r), ignore_errors=True)  # no stale stamp, weights or checkpoints
-                            if r.parent is None:
-                                _train_scratch(r, where(r))
-                            else:
-                                _fine_tune(r, by_name[r.parent], where(by_name[r.parent]), where(r))
-                            write_json(where(r) / "recipe.json", stamp(r))
-                except Timeout:  # another process is training it
-                    continue
-                pending.remove(r)
-                bar.update()
-                break
-            else:
-                time.sleep(poll_s)
-    models = [ZooModel(r.name, r.role, str(where(r).relative_to(out)), _expected(r, by_name), r.parent, r.note)
+    while pending:
+        ready = [r for r in pending if r.parent is None or _done(out, by_name[r.parent], by_name)]
+        jobs = [Job(build_zoo_model, (str(out), quick, r.name), {"zoo": str(out), "model": r.name, "quick": quick},
+                    cached=lambda r=r: _done(out, r, by_name)) for r in ready]
+        finished = [r for r, ok in zip(ready, sweep.run(jobs, desc=f"zoo ({len(todo) - len(pending)}/{len(todo)} "
+                                                                  "done)", progress=progress)) if ok]
+        pending = [r for r in pending if r not in finished]
+        if pending and not finished:
+            time.sleep(poll_s)
+    models = [ZooModel(r.name, r.role, str(_where(out, r).relative_to(out)), _expected(r, by_name), r.parent, r.note)
               for r in todo]
     write_json(out / "zoo.json", {"quick": quick, "models": [asdict(m) for m in models]})
     return Zoo.open(out)
 
 
-def cached_zoo(*, quick: bool = True, progress: bool = False) -> Zoo:
+def build_zoo_model(out: str, quick: bool, name: str) -> bool:
+    """Train the zoo model ``name`` into the zoo at ``out`` unless it is finished (a sweep job); False
+    when another process holds it (it is training it)."""
+    out = Path(out)
+    by_name = {r.name: r for r in recipes(quick=quick)}
+    r = by_name[name]
+    path = _where(out, r)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(f"{path}.lock", timeout=0):
+            if not _done(out, r, by_name):
+                shutil.rmtree(path, ignore_errors=True)  # no stale stamp, weights or checkpoints
+                if r.parent is None:
+                    _train_scratch(r, path)
+                else:
+                    _fine_tune(r, by_name[r.parent], _where(out, by_name[r.parent]), path)
+                write_json(path / "recipe.json", _stamp(out, r, by_name))
+    except Timeout:  # another process is training it
+        return False
+    return True
+
+
+def _where(out: Path, r: Recipe) -> Path:
+    return out / ("pool" if r.role == "base" else "targets") / r.name
+
+
+def _stamp(out: Path, r: Recipe, by_name: dict[str, Recipe]) -> dict:
+    return recipe_stamp(r, by_name, _where(out, by_name[r.parent]) if r.parent is not None else None)
+
+
+def _done(out: Path, r: Recipe, by_name: dict[str, Recipe]) -> bool:
+    path = _where(out, r) / "recipe.json"
+    return path.is_file() and json.loads(path.read_text()) == _stamp(out, r, by_name)
+
+
+def cached_zoo(*, quick: bool = True, progress: bool = False, sweep: Sweep | None = None) -> Zoo:
     """The zoo built once under the govlab cache, keyed by its recipes (processes asking for it at
-    the same time share the training)."""
+    the same time share the training; ``sweep`` trains it: ``build_zoo``)."""
     # "stamp": the format of recipe.json (``recipe_stamp``); caches of an older format are not reused
     key = sha256_json({"world": WORLD_VERSION, "recipes": [asdict(r) for r in recipes(quick=quick)],
                        "stamp": "lineage+parent_weights"})[:16]
     root = cache_dir("zoo", key)
     if not (root / "zoo.json").is_file():
-        build_zoo(root, quick=quick, progress=progress)
+        build_zoo(root, quick=quick, progress=progress, sweep=sweep)
     return Zoo.open(root)
 
 

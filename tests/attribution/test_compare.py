@@ -21,8 +21,15 @@ def test_every_figure_is_there_with_its_interval(quick_compare):
     assert s["n_subsets"] == len(quick_compare["subsets"]) == 4
     for key in ("lds_structural", "lds_name_baseline", "lds_tracin", "lds_dtrak", "top1_name_baseline",
                 "lds_structural_unnamed", "lds_tracin_unnamed", "lds_dtrak_unnamed", "lds_structural_images",
-                "lds_tracin_images", "lds_dtrak_images", "top1_structural_images"):
+                "lds_tracin_images", "lds_dtrak_images", "top1_structural_images", "lds_structural_removed",
+                "lds_name_baseline_removed", "lds_tracin_removed", "lds_dtrak_removed"):
         assert key in s, key
+    # prompts naming an artist not in the training data: the name credits no training source
+    removed = quick_compare["queries"]["removed"]
+    assert {r["kind"] for r in removed} == {"removed", "unknown"} and s["removed_queries"] == len(removed)
+    assert all(r["named"] not in r["loo"] for r in removed)  # not a training source
+    assert s["nan_prompts"]["lds_name_baseline_removed"] == len(removed)
+    assert "top1_structural_removed" not in s  # no training source is the right answer
     lds_keys = [k for k in s if k.startswith("lds_") and not k.endswith("_ci") and k != "lds_subsets"]
     for k in lds_keys:
         ci = s[f"{k}_ci"]
