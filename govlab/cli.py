@@ -267,11 +267,17 @@ app.add_typer(workshop_app, name="workshop")
 
 @zoo_app.command("build")
 def zoo_build(out: Path, quick: bool = typer.Option(False, help="Smoke-sized models (minutes on a CPU)."),
+              workers: Optional[int] = typer.Option(None, help="Local Ray CPUs to train on; 1: serial in this "
+                                                    "process; default: $GOVLAB_WORKERS or every core."),
+              address: Optional[str] = typer.Option(None, help="Ray cluster to train on (host:port or "
+                                                    "ray://host:port); OUT must be on a file system it shares."),
               as_json: bool = JSON):
     """Train the lineage zoo into OUT: bases in OUT/pool, fine-tunes and outsiders in OUT/targets."""
     from govlab.lineage.zoo import build_zoo
+    from govlab.sweep import Sweep
 
-    zoo = build_zoo(out, quick=quick, progress=not as_json)
+    sweep = Sweep(workers=workers, address=address).connect()  # an unreachable cluster: before OUT is made
+    zoo = build_zoo(out, quick=quick, progress=not as_json, sweep=sweep)
     models = [{"name": m.name, "role": m.role, "expected": m.expected, "path": str(out / m.path),
                "note": m.note} for m in zoo.models]
     emit({"zoo": str(out), "pool": str(zoo.pool_dir), "quick": quick, "models": models}, as_json,
@@ -339,15 +345,31 @@ def bench(name: str, quick: bool = typer.Option(False, help="Small sizes for a q
                                                           "memorization; default: the preset's)."),
           preset: Optional[str] = typer.Option(None, help="Train on this preset instead of the benchmark's own "
                                                "(train, routing, index, memorization)."),
+          workers: Optional[int] = typer.Option(None, help="Local Ray CPUs for the sweep of retrainings (sweep, "
+                                                "attribution, lineage); 1: serial in this process; default: "
+                                                "$GOVLAB_WORKERS or every core (sweep: 2)."),
+          address: Optional[str] = typer.Option(None, help="Ray cluster (host:port or ray://host:port) to run the "
+                                                "sweep on (sweep, attribution, lineage)."),
           as_json: bool = JSON):
     """Run a benchmark and print its figures."""
-    from govlab.bench import BENCHMARKS, DEVICE_BENCHMARKS
+    from govlab.bench import BENCHMARKS, DEVICE_BENCHMARKS, SWEEP_BENCHMARKS
 
     if name not in BENCHMARKS:
         raise GovlabError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
     if (device is not None or preset is not None) and name not in DEVICE_BENCHMARKS:
         raise GovlabError(f"--device and --preset apply to {', '.join(DEVICE_BENCHMARKS)}, not {name!r}")
+    if (workers is not None or address is not None) and name not in SWEEP_BENCHMARKS:
+        raise GovlabError(f"--workers and --address apply to {', '.join(SWEEP_BENCHMARKS)}, not {name!r}")
     options = {}
+    if name in SWEEP_BENCHMARKS:  # a bad count or an unreachable cluster: one line, before anything runs
+        from govlab.sweep import Sweep
+
+        Sweep(workers=workers, address=address)
+        if address is not None:
+            from govlab.sweep import check_address
+
+            check_address(address)
+        options = {"workers": workers, "address": address}
     if name in DEVICE_BENCHMARKS:  # a bad device or preset: one line, before anything runs
         from govlab.config import from_dict, load_config
         from govlab.train import training_device
