@@ -8,10 +8,10 @@ __all__ = ["LESSONS", "open_workshop", "prepare", "run_lesson", "serve"]
 
 
 def __getattr__(name: str):  # imported on first use: ``govlab --help`` stays quick
+    import importlib
+
     if name in ("LESSONS", "open_workshop", "prepare", "run_lesson"):
-        from govlab.workshop import prepare as module
-    elif name == "serve":
-        from govlab.workshop import serve as module
-    else:
-        raise AttributeError(name)
-    return getattr(module, name)
+        return getattr(importlib.import_module("govlab.workshop.folder"), name)
+    if name == "serve":
+        return importlib.import_module("govlab.workshop.server").serve
+    raise AttributeError(name)

@@ -29,7 +29,7 @@ def prepare(out: Path, quick: bool = typer.Option(False, help="Tiny models (a ch
             check: bool = typer.Option(True, help="Execute each lesson once after preparing (lesson_seconds)."),
             as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")):
     """Train what the four lessons need (cached), copy the lessons into OUT and check they run."""
-    from govlab.workshop.prepare import prepare as run
+    from govlab.workshop.folder import prepare as run
 
     r = run(out, quick=quick, check=check, progress=not as_json)
     if as_json:
@@ -48,6 +48,6 @@ def serve(workshop: Path, port: int = typer.Option(8888, help="Port to serve on.
                                               "the URL; '' for none, on a loopback address only)."),
           show: bool = typer.Option(False, help="Open a browser tab.")):
     """Start JupyterLab on a prepared folder's lessons; prints the URL to open."""
-    from govlab.workshop.serve import serve as run
+    from govlab.workshop.server import serve as run
 
     run(workshop, port=port, ip=ip, token=token, show=show)

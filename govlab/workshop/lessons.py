@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from govlab.errors import GovlabError
-from govlab.workshop.prepare import open_workshop
+from govlab.workshop.folder import open_workshop
 
 SHAPES = ("circle", "bar", "triangle", "cross")
 SEEDS = 2  # generations per prompt in the grids

@@ -48,12 +48,12 @@ WORLD = 1  # world version 1: each artist's palette is its own, so a small model
 def _small(quick: bool) -> dict:
     """The model every workshop run shares: the smoke preset's (16x16 images)."""
     return {"model": {"channels": [16, 32, 32], "text_dim": 32, "text_layers": 1, "head_dim": 8},
-            "train": {"threads": 1}, "eval": {"per_prompt": 1 if quick else 2, "steps": 8}}
+            "train": {"threads": 1}, "eval": {"per_prompt": 1 if quick else 2, "steps": 4 if quick else 8}}
 
 
 def routing_configs(quick: bool = False) -> dict[str, RunConfig]:
     """Lesson 1 and 3: a routed and an unrouted run with the provenance index (exact: every step)."""
-    steps = 40 if quick else 400
+    steps = 24 if quick else 400
     base = from_dict({**_small(quick), "name": "routed", "world": {"version": WORLD}, "routing": {"mode": "routed"},
                       "provenance": {"enabled": True, "mode": "exact"},
                       "train": {"steps": steps, "batch_size": 16 if quick else 32, "warmup_steps": 5 if quick else 20,
@@ -66,7 +66,7 @@ def routing_configs(quick: bool = False) -> dict[str, RunConfig]:
 def memorization_configs(quick: bool = False) -> dict[str, RunConfig]:
     """Lesson 2: planted duplicates (the ``memorization`` preset's world, smaller), the monitor
     watching every caption with the regeneration detector; ``none`` and ``drop``."""
-    steps, every = (40, 10) if quick else (600, 50)
+    steps, every = (24, 8) if quick else (600, 50)
     world = ({"version": WORLD, "per_artist": 6, "n_stock": 4, "per_person": 2, "dup_groups": 2, "dup_copies": 8, "caption_detail": 0.5}
              if quick else {"version": WORLD, "per_artist": 8, "n_stock": 6, "per_person": 3, "dup_groups": 4, "dup_copies": 20,
                             "caption_detail": 0.5})
@@ -74,7 +74,7 @@ def memorization_configs(quick: bool = False) -> dict[str, RunConfig]:
                       "train": {"steps": steps, "batch_size": 16 if quick else 32, "warmup_steps": 5 if quick else 30,
                                 "checkpoint_every": every, "threads": 1},
                       "memorization": {"mode": "monitor", "detector": "regeneration", "watch": "all",
-                                       "every": every, "start": every, "seeds": 2, "steps": 8}},
+                                       "every": every, "start": every, "seeds": 1 if quick else 2, "steps": 8}},
                      base=load_config("smoke"))
     return {i: from_dict({"name": f"memorization-{i}", "memorization": {"intervention": i}}, base=base)
             for i in ("none", "drop")}
@@ -83,7 +83,7 @@ def memorization_configs(quick: bool = False) -> dict[str, RunConfig]:
 def lineage_recipes(quick: bool = False) -> dict[str, dict]:
     """Lesson 4: three bases (seeds), two fine-tunes of bases and one model trained from scratch.
     ``parent`` None: from scratch; ``answer``: the base the lesson's verdict is checked against."""
-    steps, ft = (40, 10) if quick else (300, 60)
+    steps, ft = (20, 5) if quick else (300, 60)
     train = {"steps": steps, "batch_size": 16 if quick else 32, "lr": 3e-3, "warmup_steps": 5,
              "checkpoint_every": steps, "threads": 1}
     world = {"version": WORLD, "per_artist": 24, "n_stock": 16, "per_person": 6, "dup_groups": 2, "dup_copies": 6}
@@ -219,11 +219,16 @@ def prepare(out: str | Path, *, quick: bool = False, check: bool = True, progres
         for nb in sorted(src.glob("*.ipynb")):
             shutil.copyfile(nb, out / part / nb.name)
     lesson_seconds = {}
-    if check:
+    if check:  # the lessons open the folder by its manifest: a provisional one, removed if a lesson fails
+        write_json(out / MANIFEST, {"workshop": str(out), "quick": quick, "lessons": list(LESSONS), "checking": True})
         checks = out / ".checks"
         checks.mkdir(exist_ok=True)
-        for name in tqdm(LESSONS, desc="lessons", disable=not progress):
-            lesson_seconds[name] = run_lesson(out, name, checks / f"{name}.ipynb")
+        try:
+            for name in tqdm(LESSONS, desc="lessons", disable=not progress):
+                lesson_seconds[name] = run_lesson(out, name, checks / f"{name}.ipynb")
+        except BaseException:
+            (out / MANIFEST).unlink(missing_ok=True)
+            raise
         shutil.rmtree(out / "work", ignore_errors=True)  # what the lessons wrote: a class starts clean
     result = {"workshop": str(out), "quick": quick, "lessons": list(LESSONS), "cache": str(built),
               "build_seconds": build_seconds,

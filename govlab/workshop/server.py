@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from govlab.errors import GovlabError
-from govlab.workshop.prepare import open_workshop
+from govlab.workshop.folder import open_workshop
 
 
 def check_port(ip: str, port: int) -> None:
