@@ -14,6 +14,12 @@ A foreign loop (diffusers' example scripts, accelerate) keeps its model, its dat
 Lifecycle: ``sampler`` (for the DataLoader), ``optimizer(cls, ...)``, ``begin(batch)`` before the
 forward, ``loss(per_sample)``, ``checkpoint(step)`` beside ``accelerator.save_state``, ``end(step)``;
 ``state_dict``/``load_state_dict`` for ``accelerator.register_for_checkpointing``.
+
+Under ``accelerate launch`` with several processes (DDP with ``find_unused_parameters=True``: routing
+leaves bands out of a shard's graph) the parts reduce as under ``govlab train`` with torchrun
+(``govlab.distributed``): the index sums its per-source shares across processes and sets the
+averaged gradient on the steps it computes them, routing's idle bands follow the global batch, the
+monitor splits its watched rows and gathers the scores, and process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from govlab import distributed
 from govlab.errors import GovlabError
 from govlab.hooks import EventLog, StepContext
 from govlab.io import sha256_json
@@ -401,7 +408,8 @@ class Governance:
         if self._device is None:
             self._start()
         idx = torch.as_tensor(batch["row"]).cpu()
-        self.sampler.consumed(len(idx))
+        # several processes (accelerate launch): each trains its shard; the sampler counts the global batch
+        self.sampler.consumed(len(idx) * distributed.world().size)
         ctx = _Ctx(step=self.step, indices=idx, records=[self.records[i] for i in idx.tolist()], x0=None,
                    tokens=None, noise=None, timesteps=None, weights=torch.ones(len(idx)), trainer=None)
         if self.rank is not None:

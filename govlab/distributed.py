@@ -44,8 +44,11 @@ def world() -> World:
     """The current process group (one process when none is initialized)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return World()
+    backend = dist.get_backend()
+    if backend == "undefined":  # a group with a backend per device (accelerate's): e.g. "cpu:gloo,cuda:nccl"
+        backend = str(dist.get_backend_config())
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())),
-                 dist.get_backend())
+                 backend)
 
 
 def is_main() -> bool:
