@@ -30,14 +30,16 @@ def tiny_run(tmp_path_factory, tiny_cfg, smoke_dataset):
     return out, trainer.model, data
 
 
-# The notebook's quick sizes: tests/attribution/test_attribution_notebook.py runs the same config in the
-# same cache, so its retrainings are made once per session.
+# The notebook's quick sizes: tests/notebooks runs notebook 05 on the same config in the same cache
+# (compare_cache: the same folder there), so its retrainings are made once per session and worker.
 QUICK_CC = dict(n_subsets=4, n_images=1, k_test=2, k_dtrak=1, proj_dim=32, sample_steps=2)
 
 
 @pytest.fixture(scope="session")
 def compare_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("attr-cache")
+    path = tmp_path_factory.getbasetemp() / "attr-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")
