@@ -9,7 +9,8 @@ entry's lock. ``Sweep`` runs the jobs
 - serially in this process where Ray is not installed or ``workers`` is 1 (or at most one job is
   left to compute);
 - on a local Ray instance started with ``workers`` CPUs (default: ``$GOVLAB_WORKERS``, else every
-  core), one CPU per job;
+  core), one CPU per job; where the default instance (``workers`` not given) cannot start, serially
+  with a warning;
 - on an existing Ray cluster with ``address`` (``host:port`` or ``ray://host:port``); the cluster's
   nodes need govlab installed and ``$GOVLAB_CACHE`` on a shared file system (each job writes its
   entry there, under the path the driver names).
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -224,8 +226,14 @@ class Sweep:
         todo = [i for i, j in enumerate(jobs) if j.cached is None or not j.cached()]
         env = {k: os.environ.get(k) for k in ENV_PASSED}
         results: list = [None] * len(jobs)
+        remote = [] if self.serial or (len(todo) <= 1 and self.address is None) else todo
+        if remote and self.workers is None and self.address is None:
+            try:  # the default local instance: where Ray cannot start, the sweep runs here
+                self.connect()
+            except GovlabError as e:
+                warnings.warn(f"{e}: running the sweep serially")
+                remote = []
         with tqdm(total=len(jobs), desc=desc, disable=not progress) as bar:
-            remote = [] if self.serial or (len(todo) <= 1 and self.address is None) else todo
             if remote:
                 self._run_ray(jobs, remote, env, results, bar)
             for i, job in enumerate(jobs):  # the rest in this process: cached entries load here
