@@ -56,11 +56,12 @@ DESIGNS = {"caption_slots": "default: caption slots, artist samples also train t
 
 
 def study_config(quick: bool) -> RunConfig:
-    """The trainings' config: smoke-sized model and world, 240 steps at batch 32 (``quick``: about a
-    minute each on 2 cores), or the ``routed`` preset (demo-sized, 800 steps at batch 64)."""
+    """The trainings' config: smoke-sized model and world, 480 steps at batch 32 (``quick``: a few
+    minutes each on 2 shared cores), or the ``routed`` preset (demo-sized, 800 steps at batch 64); on
+    world version 2 by default (``v2_routing``)."""
     if quick:
         cfg = from_dict({"name": "removal-quick", "routing": {"mode": "routed"},
-                         "train": {"steps": 240, "batch_size": 32, "warmup_steps": 20, "checkpoint_every": 120},
+                         "train": {"steps": 480, "batch_size": 32, "warmup_steps": 20, "checkpoint_every": 240},
                          "eval": {"per_prompt": 8, "steps": 8}}, base=load_config("smoke"))
     else:
         cfg = from_dict({"name": "removal", "world": {"version": WORLD_VERSION}}, base=load_config("routed"))
@@ -357,7 +358,7 @@ def plot(result: dict, path: str | Path) -> Path:
             xe = np.abs(np.array([v["share_unnamed_ci"]]).T - x) if v["share_unnamed_ci"] else None
             ye = np.abs(np.array([v[f"{ykey}_ci"]]).T - y) if v[f"{ykey}_ci"] else None
             ax.errorbar([x], [y], xerr=xe, yerr=ye, fmt="o", capsize=3, label=label)
-        ax.set_xlabel(f"share of {result['artist']}'s style, prompts naming no artist (forget: lower is better)")
+        ax.set_xlabel(f"{result['artist']}'s share, prompts naming no artist (lower: forgotten)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -373,7 +374,8 @@ def plot(result: dict, path: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m govlab.studies.removal [--quick|--full] [--seeds S] [--out FILE] [--plot PNG]``: the
-    removal study; prints the result as JSON and writes it to FILE (and the plot) when asked."""
+    removal study; prints the result as JSON and writes it to FILE (and the plot) when asked.
+    ``--from FILE``: print the tables of a result written before (and plot it), running nothing."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m govlab.studies.removal")
@@ -385,7 +387,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-prompt", type=int, default=None)
     p.add_argument("--out", default=None, help="write the result JSON here")
     p.add_argument("--plot", default=None, help="write the forget/retain plot (PNG) here")
+    p.add_argument("--from", dest="source", default=None,
+                   help="a result JSON written before (--out, or govlab bench removal --json): tables and plot only")
     args = p.parse_args(argv)
+    if args.source:
+        try:
+            result = json.loads(Path(args.source).read_text())
+            print(table(result) + "\n\n" + tradeoff_table(result))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            p.error(f"{args.source}: not a removal result ({e})")
+        if args.plot:
+            plot(result, args.plot)
+        return
     seeds = args.seeds if args.seeds is not None else (3 if args.full else 1)
     if seeds < 1:
         p.error(f"--seeds must be >= 1, got {seeds}")
