@@ -65,3 +65,10 @@ def test_ranks_with_different_configs_refused(tiny, tmp_path):
     with pytest.raises(GovlabError, match="different configs or data .*rank 0: config .*rank 1: config"):
         run_ranks([tiny, other], tmp_path / "run", 2)
     assert not (tmp_path / "run").exists()
+
+
+def test_regularize_refused_on_several_ranks(tiny, tmp_path):
+    cfg = from_dict({"memorization": {"intervention": "regularize"}}, base=tiny)
+    with pytest.raises(GovlabError, match="'regularize' is not supported under 2 ranks"):
+        run_ranks(cfg, tmp_path / "run", 2)
+    assert not (tmp_path / "run").exists()
