@@ -298,7 +298,7 @@ def lineage(target: Path = typer.Option(..., help="Run directory or .safetensors
             as_json: bool = JSON):
     """Was TARGET fine-tuned from a base model of POOL, or trained from scratch (NULL)?"""
     from govlab.io import read_text
-    from govlab.lineage.api import correlated_pairs, lineage_from_features, probe
+    from govlab.lineage.api import correlated_pairs, lineage_from_features, sample_features
     from govlab.lineage.distance import METHODS
 
     if method not in METHODS:
@@ -311,7 +311,7 @@ def lineage(target: Path = typer.Option(..., help="Run directory or .safetensors
                    if ln.strip() and not ln.lstrip().startswith("#")]
         if not prompts:
             raise GovlabError(f"{prompt_file}: no prompts (one per line)")
-    feats, bases, name = probe(target, pool, prompts, k=k, extractor=extractor, seed=seed)
+    feats, bases, name = sample_features(target, pool, prompts, k=k, extractor=extractor, seed=seed)
     result = lineage_from_features(feats, bases, name, method=method, tau=tau)
     distances = {b: sum(v.distances[b] for v in result.votes) / len(result.votes) for b in bases}
     threshold = sum(v.threshold for v in result.votes) / len(result.votes)

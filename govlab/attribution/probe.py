@@ -1,5 +1,9 @@
 """Fixed diffusion-loss inputs: images, captions and K (noise, timestep) draws per image, so that every
-loss, gradient and score computed on them is deterministic."""
+loss, gradient and score computed on them is deterministic.
+
+A *probe* in govlab is this and only this (a ``Probe``); the world's evaluation prompts are
+``govlab.eval.eval_prompts`` and a lineage pool's samples and features ``govlab.lineage.sample_features``
+(``probe_prompts`` and ``lineage.probe``: their former names, still importable)."""
 
 from __future__ import annotations
 

@@ -10,8 +10,9 @@ from govlab.eval.classifiers import HEADS, load_evaluator
 from govlab.eval.stats import mean_ci
 
 
-def probe_prompts(sources: list[str], per_prompt: int, seed: int = 0) -> list[dict]:
-    """Prompts with their intended attributes: per artist x shape, stock photos, person photos."""
+def eval_prompts(sources: list[str], per_prompt: int, seed: int = 0) -> list[dict]:
+    """The evaluation prompts, with their intended attributes: per artist x shape, stock photos,
+    person photos (``probe_prompts``: its former name)."""
     rng = np.random.default_rng(seed)
     artists = [a.source_id for a in ARTISTS if a.source_id in sources]
 
@@ -28,6 +29,9 @@ def probe_prompts(sources: list[str], per_prompt: int, seed: int = 0) -> list[di
     for a in out:
         a["caption"] = caption_for(a)
     return out
+
+
+probe_prompts = eval_prompts  # the former name ("probe" is attribution's word: govlab.attribution.probe)
 
 
 def score_images(images: torch.Tensor, probes: list[dict], evaluator=None) -> dict:
@@ -99,7 +103,7 @@ def glyph_rate(images: torch.Tensor, evaluator=None) -> tuple[float | None, list
 
 def score_model(model, sources: list[str], *, per_prompt: int = 4, steps: int = 20,
                 guidance: float = 3.0, seed: int = 0) -> tuple[dict, torch.Tensor, list[dict]]:
-    """Generate for the probe prompts and score; returns (scores, images, probes)."""
-    probes = probe_prompts(sources, per_prompt, seed)
+    """Generate for the evaluation prompts and score; returns (scores, images, prompts)."""
+    probes = eval_prompts(sources, per_prompt, seed)
     images = model.generate([p["caption"] for p in probes], seed=seed, steps=steps, guidance=guidance)
     return score_images(images, probes), images, probes

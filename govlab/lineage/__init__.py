@@ -5,7 +5,15 @@ with Isomap, compares models by Jensen-Shannon divergence and decides by the z-t
 and a majority vote over prompts. ``build_zoo`` trains models of known lineage to check it on.
 """
 
-from govlab.lineage.api import correlated_pairs, default_prompts, lineage, lineage_from_features, load_pool, probe
+from govlab.lineage.api import (
+    correlated_pairs,
+    default_prompts,
+    lineage,
+    lineage_from_features,
+    load_pool,
+    probe,
+    sample_features,
+)
 from govlab.lineage.decision import (
     LineageResult,
     PromptVote,
@@ -52,5 +60,6 @@ __all__ = [
     "pairwise_distances",
     "probe",
     "sample",
+    "sample_features",
     "short_prompts",
 ]

@@ -105,10 +105,11 @@ def support_table(pool: list[BlackBox], prompts: list[str], *, per_prompt: int =
     return prompts, table
 
 
-def probe(target, pool, prompts: list[str] | None = None, *, k: int = 100,
-          extractor: str | nn.Module = "world", seed: int = 0,
-          n_neighbors: int = N_NEIGHBORS) -> tuple[Features, list[str], str]:
-    """Sample and featurize target and pool: ``(features, pool names, target name)``.
+def sample_features(target, pool, prompts: list[str] | None = None, *, k: int = 100,
+                    extractor: str | nn.Module = "world", seed: int = 0,
+                    n_neighbors: int = N_NEIGHBORS) -> tuple[Features, list[str], str]:
+    """Sample and featurize target and pool: ``(features, pool names, target name)`` (``probe``: its
+    former name).
 
     ``prompts`` default to the selection step's detailed prompts for this pool.
     """
@@ -127,14 +128,17 @@ def probe(target, pool, prompts: list[str] | None = None, *, k: int = 100,
     return feats, [b.name for b in bases], box.name
 
 
+probe = sample_features  # the former name ("probe" is attribution's word: govlab.attribution.probe)
+
+
 def lineage(target, pool, prompts: list[str] | None = None, *, k: int = 100,
             extractor: str | nn.Module = "world", method: str = "gaussian", tau: float = DEFAULT_TAU,
             seed: int = 0, n_neighbors: int = N_NEIGHBORS) -> LineageResult:
     """Was ``target`` fine-tuned from a model of ``pool``? (models as accepted by ``load_model``)"""
     if method not in METHODS:
         raise GovlabError(f"unknown distance method {method!r}; choose one of {', '.join(METHODS)}")
-    feats, bases, name = probe(target, pool, prompts, k=k, extractor=extractor, seed=seed,
-                               n_neighbors=n_neighbors)
+    feats, bases, name = sample_features(target, pool, prompts, k=k, extractor=extractor, seed=seed,
+                                         n_neighbors=n_neighbors)
     return lineage_from_features(feats, bases, name, method=method, tau=tau, n_neighbors=n_neighbors)
 
 

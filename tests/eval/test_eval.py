@@ -1,7 +1,7 @@
 import torch
 
 from govlab.data.world import WorldConfig
-from govlab.eval import load_evaluator, probe_prompts, score_images
+from govlab.eval import eval_prompts, load_evaluator, score_images
 from govlab.eval.classifiers import accuracy, world_tensors
 
 
@@ -17,7 +17,7 @@ def test_evaluator_accuracy_on_held_out_world():
 def test_scores_of_real_images_are_high_and_of_noise_are_low():
     from govlab.data.world import render
 
-    probes = probe_prompts(["artist_0", "artist_3", "stockco", "webcrawl"], per_prompt=3)
+    probes = eval_prompts(["artist_0", "artist_3", "stockco", "webcrawl"], per_prompt=3)
     real = torch.stack([torch.from_numpy(render({**p, "watermark": p["kind"] == "stock",
                                                  "seed": i}, 16)) for i, p in enumerate(probes)])
     s = score_images(real.permute(0, 3, 1, 2), probes)
