@@ -49,6 +49,8 @@ def train(preset: Optional[str] = typer.Option(None, help=f"Preset name ({', '.j
         cfg = from_dict({"train": {"device": device}}, base=cfg, where="--device")
     out = out or Path("runs") / cfg.name
     result = train_run(cfg, out, resume=resume, progress=not as_json)
+    if "rank" in result:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     if result["scored_against"] == "world":
         scored = (f"style_acc={result['style_acc']} shape_acc={result['shape_acc']} "
                   f"(chance {result['chance_style']} / {result['chance_shape']})")
