@@ -217,6 +217,7 @@ class LayerShares:
             self._buffer = torch.empty(len(slices), self.size, device=first.device, dtype=first.dtype)
         self.flat = self._buffer[:len(slices)]
         self.written: set[int] = set()
+        self._onehots: dict[str, torch.Tensor | None] = {}
         for p in self.unet_params:
             p.requires_grad_(False)
 
@@ -228,19 +229,27 @@ class LayerShares:
         start, n = self.offsets[id(p)]
         return self.flat[:, start:start + n]
 
-    def _put_rows(self, p: torch.Tensor | None, per_row: torch.Tensor | None) -> None:
+    def _put_rows(self, p: torch.Tensor | None, per_row: torch.Tensor | None,
+                  onehot: torch.Tensor | None = None) -> None:
         """Write (or add, for a layer called twice) the per-group sums of ``p``'s per-sample
-        gradients ``(batch, ...)``: one product with the one-hot group matrix, straight into
-        ``flat``."""
+        gradients ``(batch, ...)``: one product with the one-hot group matrix (or ``onehot``: its
+        routed columns, ``_routed_onehot``), straight into ``flat``."""
         slot = self._slot(p)
         if slot is None or per_row is None:
             return
         rows = per_row.reshape(per_row.shape[0], -1)
+        onehot = self.onehot if onehot is None else onehot
         if id(p) in self.written:
-            slot.addmm_(self.onehot, rows)
+            slot.addmm_(onehot, rows)
         else:
-            torch.mm(self.onehot, rows, out=slot)
+            torch.mm(onehot, rows, out=slot)
             self.written.add(id(p))
+
+    def _put_routed(self, p: torch.Tensor, per_row: torch.Tensor) -> None:
+        """``_put_rows`` counting only the samples that may change ``p``'s band."""
+        onehot = self._routed_onehot(p)
+        if onehot is not None:
+            self._put_rows(p, per_row, onehot)
 
     def _put_groups(self, p: torch.Tensor, grads: torch.Tensor) -> None:
         """Write (or add) ``p``'s group gradients ``(groups, ...)``."""
@@ -269,15 +278,16 @@ class LayerShares:
 
         def on_grad(g):
             with torch.no_grad():
-                g = self._routed(m.weight, g)
-                if g is None:  # no sample may change this layer: no shares, no gradient
+                onehot = self._routed_onehot(m.weight)
+                if onehot is None:  # no sample may change this layer: no shares, no gradient
                     return
                 gw, gb = per_sample_small(m, x, g)
                 if gw is None and x.shape[0] * m.weight.numel() > PER_SAMPLE_MAX:
+                    g = self._routed(m.weight, g)
                     self._put_groups(m.weight, torch.stack([weight_grad(m, x[s], g[s]) for s in self.slices]))
                 else:
-                    self._put_rows(m.weight, per_sample_weight(m, x, g) if gw is None else gw)
-                self._put_rows(m.bias, gb)
+                    self._put_rows(m.weight, per_sample_weight(m, x, g) if gw is None else gw, onehot)
+                self._put_rows(m.bias, gb, onehot)
 
         out.register_hook(on_grad)
 
@@ -289,9 +299,23 @@ class LayerShares:
         def on_grad(g):
             with torch.no_grad():
                 for p, per_row in per_sample_bank(bank, x, g, gate):
-                    self._put_rows(p, self._routed(p, per_row))
+                    self._put_routed(p, per_row)
 
         out.register_hook(on_grad)
+
+    def _routed_onehot(self, p: torch.Tensor) -> torch.Tensor | None:
+        """The one-hot group matrix (groups x batch) with the columns of the samples that may not
+        change ``p``'s band zeroed (None when no sample may), one per band and step: the per-sample
+        terms are linear in the output gradient's rows, so zeroing a sample's column of the group
+        sum equals zeroing its rows of the output gradient (``_routed``), without a pass over it."""
+        if self.router is None:
+            return self.onehot
+        band = self.band[id(p)]
+        if band not in self._onehots:
+            n, rows = self.router.band_rows(band)
+            self._onehots[band] = (None if n == 0 else self.onehot if rows is None
+                                   else self.onehot * rows.to(self.onehot)[None, :])
+        return self._onehots[band]
 
     def _routed(self, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
         """``t`` (batch first) with the rows of the samples that may not change ``p``'s band
@@ -347,8 +371,7 @@ class LayerShares:
             self._detach()
         if self.tokens is not None and self.caption_params:  # the caption path took part
             for name, per_row in self._caption_per_sample().items():
-                p = self.caption_params[name]
-                self._put_rows(p, self._routed(p, per_row))
+                self._put_routed(self.caption_params[name], per_row)
         for pid in self.offsets.keys() - self.written:
             start, n = self.offsets[pid]
             self.flat[:, start:start + n] = 0.0
@@ -363,6 +386,7 @@ class LayerShares:
                 g = self._grads[id(p)]
                 p.grad = g if p.grad is None else p.grad + g
         self.text_grad = self.tokens = self.given = self.onehot = None
+        self._onehots = {}
         return self.flat
 
     def _unfreeze(self) -> None:
