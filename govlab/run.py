@@ -95,7 +95,7 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, hooks: l
         if against == WORLD:
             from govlab.eval.classifiers import load_evaluator
 
-            _, acc = load_evaluator(cfg.model.image_size, progress=progress)
+            _, acc = load_evaluator(cfg.model.image_size, version=cfg.world.version, progress=progress)
         scores, images, probes = score_data(trainer.model, cfg, everything, sources=sources)
         grids = save_sample_grids(images, probes, out)
         sign_samples(out, grids, probes=probes, seed=cfg.train.seed, steps=e.steps, guidance=e.guidance)

@@ -91,7 +91,7 @@ def score_data(model, cfg, dataset, *, sources: list[str] | None = None) -> tupl
     e = cfg.eval
     if scored_against(cfg, dataset) == WORLD:
         return score_model(model, sources or dataset.sources, per_prompt=e.per_prompt, steps=e.steps,
-                           guidance=e.guidance, seed=cfg.train.seed)
+                           guidance=e.guidance, seed=cfg.train.seed, version=cfg.world.version)
     return score_own(model, dataset, per_prompt=e.per_prompt, steps=e.steps, guidance=e.guidance,
                      seed=cfg.train.seed)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from govlab.data.world import ARTISTS, COLORS, PERSONS, POSITIONS_1, SHAPES, STOCK, caption_for
+from govlab.data.world import ARTISTS, COLORS, PERSONS, POSITIONS_1, SHAPES, STOCK, WORLD_VERSION, caption_for
 from govlab.eval.classifiers import HEADS, load_evaluator
 from govlab.eval.stats import mean_ci
 
@@ -34,9 +34,9 @@ def eval_prompts(sources: list[str], per_prompt: int, seed: int = 0) -> list[dic
 probe_prompts = eval_prompts  # the former name ("probe" is attribution's word: govlab.attribution.probe)
 
 
-def score_images(images: torch.Tensor, probes: list[dict], evaluator=None) -> dict:
+def score_images(images: torch.Tensor, probes: list[dict], evaluator=None, *, version: int = WORLD_VERSION) -> dict:
     """Style, shape, watermark and identity rates of images generated for ``probes``."""
-    evaluator = evaluator or load_evaluator(images.shape[-1])[0]
+    evaluator = evaluator or load_evaluator(images.shape[-1], version=version)[0]
     pred = evaluator.predict(images)
     kind = np.array([p["kind"] for p in probes])
     src = np.array([HEADS["source"][i] for i in pred["source"]])
@@ -102,8 +102,10 @@ def glyph_rate(images: torch.Tensor, evaluator=None) -> tuple[float | None, list
 
 
 def score_model(model, sources: list[str], *, per_prompt: int = 4, steps: int = 20,
-                guidance: float = 3.0, seed: int = 0) -> tuple[dict, torch.Tensor, list[dict]]:
-    """Generate for the evaluation prompts and score; returns (scores, images, prompts)."""
+                guidance: float = 3.0, seed: int = 0,
+                version: int = WORLD_VERSION) -> tuple[dict, torch.Tensor, list[dict]]:
+    """Generate for the evaluation prompts and score with the evaluator of world ``version`` (the
+    run's ``world.version``); returns (scores, images, prompts)."""
     probes = eval_prompts(sources, per_prompt, seed)
     images = model.generate([p["caption"] for p in probes], seed=seed, steps=steps, guidance=guidance)
-    return score_images(images, probes), images, probes
+    return score_images(images, probes, version=version), images, probes

@@ -49,7 +49,8 @@ def audit_run(run: str | Path, *, sample: int | None = None, n: int = 4, steps: 
         firsts = list({r["caption"]: i for i, r in reversed(list(enumerate(dataset.records)))}.values())
         rows = sorted(rng.choice(firsts, size=min(sample, len(firsts)), replace=False).tolist())
     # the world encoder's feature space means something on the world only
-    evaluator = load_evaluator(cfg.model.image_size, progress=progress)[0] if against == WORLD else None
+    evaluator = (load_evaluator(cfg.model.image_size, version=cfg.world.version, progress=progress)[0]
+                 if against == WORLD else None)
     result, pairs = audit(model, dataset, rows=rows, n=n, steps=cfg.eval.steps if steps is None else steps,
                           guidance=cfg.eval.guidance, seed=seed, evaluator=evaluator, progress=progress)
     captions = [it["caption"] for it in result["items"]]

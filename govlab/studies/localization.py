@@ -98,7 +98,7 @@ def localization(cfg: RunConfig, workdir: str | Path, *, artist: str = "artist_0
         for slot in zero:
             scale_slot(model, slot, 0.0)
         return effect(score_model(model, sources, per_prompt=per_prompt or e.per_prompt, steps=e.steps,
-                                  guidance=e.guidance, seed=cfg.train.seed)[0], artist)
+                                  guidance=e.guidance, seed=cfg.train.seed, version=cfg.world.version)[0], artist)
 
     variants = [
         ("routed", "routed", ()),
