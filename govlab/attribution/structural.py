@@ -11,7 +11,11 @@ from pathlib import Path
 
 import torch
 
+from govlab.attribution.probe import Probe, model_output, prompt_probe
 from govlab.errors import GovlabError
+from govlab.models.diffusion import TextToImage
+from govlab.routing.config import RoutingConfig
+from govlab.routing.slots import SLOTS_ATTR, acting_slots, scale_slot, slot_names
 
 
 @torch.no_grad()
@@ -21,10 +25,6 @@ def slot_ablation_scores(model, probe) -> list[dict]:
     leave-one-out retraining and LDS measure) drops when the source's slot is scaled to 0; ranked,
     largest first. One loss evaluation per slot that can act on the probe's captions, no sampling and
     no gradients; a caption slot the captions do not switch on scores exactly 0 without one."""
-    from govlab.attribution.probe import model_output
-    from govlab.routing.config import RoutingConfig
-    from govlab.routing.slots import SLOTS_ATTR, acting_slots, scale_slot, slot_names
-
     sequestered = set(RoutingConfig().sequestered)
     sources = [s for s in slot_names(model) if s not in sequestered]
     if not sources:
@@ -52,10 +52,6 @@ def slot_evidence_scores(model, probe, caption: str = "") -> list[dict]:
     the slot scaled to 0. The query's words choose no source: every source is tried, and the images
     and the slots decide. Two loss evaluations per source, no sampling and no gradients; ranked,
     largest first."""
-    from govlab.attribution.probe import Probe, model_output
-    from govlab.routing.config import RoutingConfig
-    from govlab.routing.slots import SLOTS_ATTR, scale_slot, slot_names
-
     sequestered = set(RoutingConfig().sequestered)
     sources = [s for s in slot_names(model) if s not in sequestered]
     if not sources:
@@ -77,9 +73,6 @@ def slot_evidence_scores(model, probe, caption: str = "") -> list[dict]:
 def structural(run: str | Path, prompt: str, *, n: int = 4, steps: int = 8, seed: int = 0) -> list[dict]:
     """Slot-ablation scores (``slot_ablation_scores``) of ``n`` images the run's model generates
     for ``prompt`` (``steps`` sampling steps, 4 fixed noises and timesteps each)."""
-    from govlab.attribution.probe import prompt_probe
-    from govlab.models.diffusion import TextToImage
-
     weights = Path(run) / "model.safetensors"
     model = TextToImage.load(weights)
     try:
