@@ -53,7 +53,7 @@ def _small(quick: bool) -> dict:
 
 def routing_configs(quick: bool = False) -> dict[str, RunConfig]:
     """Lesson 1 and 3: a routed and an unrouted run with the provenance index (exact: every step)."""
-    steps = 24 if quick else 400
+    steps = 24 if quick else 300
     base = from_dict({**_small(quick), "name": "routed", "world": {"version": WORLD}, "routing": {"mode": "routed"},
                       "provenance": {"enabled": True, "mode": "exact"},
                       "train": {"steps": steps, "batch_size": 16 if quick else 32, "warmup_steps": 5 if quick else 20,
@@ -66,7 +66,7 @@ def routing_configs(quick: bool = False) -> dict[str, RunConfig]:
 def memorization_configs(quick: bool = False) -> dict[str, RunConfig]:
     """Lesson 2: planted duplicates (the ``memorization`` preset's world, smaller), the monitor
     watching every caption with the regeneration detector; ``none`` and ``drop``."""
-    steps, every = (24, 8) if quick else (600, 50)
+    steps, every = (24, 8) if quick else (400, 50)
     world = ({"version": WORLD, "per_artist": 6, "n_stock": 4, "per_person": 2, "dup_groups": 2, "dup_copies": 8, "caption_detail": 0.5}
              if quick else {"version": WORLD, "per_artist": 8, "n_stock": 6, "per_person": 3, "dup_groups": 4, "dup_copies": 20,
                             "caption_detail": 0.5})
@@ -83,7 +83,7 @@ def memorization_configs(quick: bool = False) -> dict[str, RunConfig]:
 def lineage_recipes(quick: bool = False) -> dict[str, dict]:
     """Lesson 4: three bases (seeds), two fine-tunes of bases and one model trained from scratch.
     ``parent`` None: from scratch; ``answer``: the base the lesson's verdict is checked against."""
-    steps, ft = (20, 5) if quick else (300, 60)
+    steps, ft = (20, 5) if quick else (200, 40)
     train = {"steps": steps, "batch_size": 16 if quick else 32, "lr": 3e-3, "warmup_steps": 5,
              "checkpoint_every": steps, "threads": 1}
     world = {"version": WORLD, "per_artist": 24, "n_stock": 16, "per_person": 6, "dup_groups": 2, "dup_copies": 6}
@@ -184,16 +184,17 @@ def lesson_sources() -> Path:
     return LESSON_SOURCES
 
 
-def run_lesson(workshop: str | Path, name: str, out: str | Path, *, timeout_s: int = 600) -> float:
-    """Execute lesson ``name`` of a prepared folder (papermill, the python3 kernel) into ``out``;
-    returns its seconds."""
+def run_lesson(workshop: str | Path, name: str, out: str | Path, *, folder: str = "lessons",
+               timeout_s: int = 600) -> float:
+    """Execute notebook ``name`` of a prepared folder's ``lessons`` (or ``solutions``) with papermill
+    and the python3 kernel into ``out``; returns its seconds."""
     import papermill as pm
 
     workshop = Path(workshop).resolve()
     start = time.perf_counter()
-    pm.execute_notebook(str(workshop / "lessons" / f"{name}.ipynb"), str(out), kernel_name="python3",
+    pm.execute_notebook(str(workshop / folder / f"{name}.ipynb"), str(out), kernel_name="python3",
                         parameters={"WORKSHOP": str(workshop)}, progress_bar=False,
-                        cwd=str(workshop / "lessons"), execution_timeout=timeout_s)
+                        cwd=str(workshop / folder), execution_timeout=timeout_s)
     return round(time.perf_counter() - start, 1)
 
 

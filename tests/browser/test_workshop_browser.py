@@ -1,0 +1,108 @@
+"""A workshop lesson in JupyterLab in headless Chromium: run the lesson, change a widget, the
+output it drives changes (``govlab workshop DIR --port P``, the Debian chromium)."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+GOVLAB = str(Path(sys.executable).parent / "govlab")
+TOKEN = "workshop-test-token"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, free_port_module):
+    """`govlab workshop DIR --port P --token T` on a quick-prepared folder; yields (base URL, log)."""
+    from govlab.workshop import prepare
+
+    root = tmp_path_factory.mktemp("workshop-lab")
+    prepare(root / "ws", quick=True, check=False, progress=False)
+    home = root / "home"  # JupyterLab's settings and workspaces, kept out of $HOME
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "JUPYTER_CONFIG_DIR": str(home / "config"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"), "JUPYTERLAB_SETTINGS_DIR": str(home / "settings")}
+    port, log = free_port_module, root / "lab.log"
+    out = open(log, "w")
+    proc = subprocess.Popen([GOVLAB, "workshop", str(root / "ws"), "--port", str(port), "--token", TOKEN], env=env,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        end = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < end, f"JupyterLab not up after 90 s\n{log.read_text()}"
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}", log
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        out.close()
+
+
+@pytest.fixture(scope="module")
+def free_port_module():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def digest(path) -> str:
+    return hashlib.sha1(Image.open(path).convert("RGB").tobytes()).hexdigest()
+
+
+def test_lesson_widget_drives_its_output(page, lab, artifacts):
+    base, log = lab
+    text = log.read_text()
+    assert "http://127.0.0.1:" in text and f"token={TOKEN}" in text  # the URL the command prints
+    errors = []
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.set_default_timeout(120_000)
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.goto(f"{base}/lab/tree/01_routing.ipynb?token={TOKEN}")
+    page.locator(".jp-Notebook").first.wait_for()
+    page.get_by_text("Kernel status: Idle").first.wait_for(state="attached")  # the kernel started
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    select = page.locator(".widget-dropdown select").first
+    select.wait_for()
+    grid = page.locator(".widget-image").first
+    page.wait_for_function("e => e.src && e.complete && e.naturalWidth > 0", arg=grid.element_handle())
+    page.get_by_text("Share judged in artist_0's style").first.wait_for()
+    src = grid.get_attribute("src")
+    panel = page.locator(".widget-vbox").first  # the lesson's panel: controls, text, grid, heatmaps
+    grid.scroll_into_view_if_needed()
+    before, after = artifacts / "workshop_lesson1_before.png", artifacts / "workshop_lesson1_after.png"
+    grid.screenshot(path=before)
+    panel.screenshot(path=artifacts / "workshop_lesson1_panel.png")
+    page.screenshot(path=artifacts / "workshop_lesson1_page.png")
+
+    select.select_option("artist_2")  # the artist widget: generations and heatmaps are redrawn
+    page.get_by_text("Share judged in artist_2's style").first.wait_for()
+    end = time.monotonic() + 60
+    while grid.get_attribute("src") == src and time.monotonic() < end:
+        time.sleep(0.3)
+    assert grid.get_attribute("src") != src, "the generations did not change after choosing another artist"
+    page.wait_for_function("e => e.complete && e.naturalWidth > 0", arg=grid.element_handle())
+    grid.screenshot(path=after)
+    assert digest(before) != digest(after), "the generation grid's pixels did not change"
+    panel.screenshot(path=artifacts / "workshop_lesson1_panel_after.png")
+    assert page.get_by_text("Traceback").count() == 0
+    assert not errors, errors
