@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from pathlib import Path
-
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -100,7 +100,9 @@ def bench_tagging(*, quick: bool = False) -> dict:
     from govlab.tagging.world import hide_labels
 
     preset = "smoke" if quick else "demo"
-    world = world_dir(load_config(preset).world, progress=False)
+    from govlab.tagging.world import TAGGED_WORLD_VERSION
+
+    world = world_dir(replace(load_config(preset).world, version=TAGGED_WORLD_VERSION), progress=False)
     truth = _read(world / "metadata.jsonl")
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,7 +22,9 @@ class WorldEncoder:
         from govlab.eval.classifiers import load_evaluator
 
         self.image_size = image_size
-        self.model, _ = load_evaluator(image_size, progress=progress)
+        from govlab.tagging.world import TAGGED_WORLD_VERSION
+
+        self.model, _ = load_evaluator(image_size, version=TAGGED_WORLD_VERSION, progress=progress)
         self.name = f"world evaluator ({image_size}px)"
 
     @torch.no_grad()

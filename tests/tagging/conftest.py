@@ -7,7 +7,11 @@ import pytest
 def smoke_world(smoke_cfg):
     from govlab.data.cache import world_dir
 
-    return world_dir(smoke_cfg.world, progress=False)
+    from dataclasses import replace
+
+    from govlab.tagging.world import TAGGED_WORLD_VERSION
+
+    return world_dir(replace(smoke_cfg.world, version=TAGGED_WORLD_VERSION), progress=False)
 
 
 @pytest.fixture(scope="session")
