@@ -223,6 +223,61 @@ def overhead(pipeline: Path, data, rows, reps: int = 6) -> float:
     return med["governed"] / med["plain"]
 
 
+def overhead_by_mode(pipeline: Path, data, rows, rounds: int = 3, reps: int = 8) -> dict:
+    """Governed step over a plain step on the foreign denoiser (same process, interleaved, ``rounds``
+    rounds of ``reps`` steps each): routing alone (``routing``), routing + exact index (``exact``:
+    medians) and routing + sampled index at its default rate after its exact first steps
+    (``sampled``: ratio of summed times, its cost lying in its drawn steps). Each key lists the
+    rounds' ratios."""
+    import statistics
+
+    from govlab.api import DiffusersDenoiser, Governance, GovernanceConfig
+    from govlab.provenance.config import ProvenanceConfig
+
+    den, text, tok, _, _ = load(pipeline)
+    plain_den = copy.deepcopy(den)
+    popt = torch.optim.AdamW(plain_den.parameters(), lr=1e-4)
+    _, x, t, cond, target = batch_inputs(den, text, tok, [{"caption": r["caption"]} for r in data], rows)
+    dp = DiffusersDenoiser(plain_den, text, tok, None)
+
+    def plain():
+        F.mse_loss(dp.predict(x, t, cond), target, reduction="none").mean().backward()
+        popt.step()
+        popt.zero_grad(set_to_none=True)
+
+    steps = {"plain": plain}
+    for name, prov in (("routing", None), ("exact", ProvenanceConfig(enabled=True, mode="exact")),
+                       ("sampled", ProvenanceConfig(enabled=True, mode="sampled"))):
+        d = copy.deepcopy(den)
+        gov = Governance(d, data, tempfile.mkdtemp(), config=GovernanceConfig(memorization=None, provenance=prov))
+        opt, dd = gov.optimizer(lr=1e-4), DiffusersDenoiser(d, text, tok, None)
+
+        def step(gov=gov, opt=opt, dd=dd):
+            gov.begin({"row": torch.tensor(rows)})
+            gov.loss(per_sample(dd, x, t, cond, target)).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        steps[name] = step
+        if prov is not None and prov.mode == "sampled":
+            for _ in range(prov.exact_first):  # past the exact first steps
+                step()
+    for step in steps.values():
+        step()
+    out = {k: [] for k in steps if k != "plain"}
+    for _ in range(rounds):
+        times = {k: [] for k in steps}
+        for _ in range(reps):
+            for k, step in steps.items():
+                t0 = time.perf_counter()
+                step()
+                times[k].append(time.perf_counter() - t0)
+        for k in out:
+            ratio = (sum(times[k]) / sum(times["plain"]) if k == "sampled"
+                     else statistics.median(times[k]) / statistics.median(times["plain"]))
+            out[k].append(round(ratio, 3))
+    return out
+
+
 def run_script(script: Path, pipeline: Path, data: Path, out: Path, steps: int, every: int, resume: bool = False):
     cmd = [sys.executable, str(script), "--pretrained_model_name_or_path", str(pipeline), "--train_data_dir",
            str(data), "--output_dir", str(out), "--max_train_steps", str(steps), "--checkpointing_steps", str(every)]
