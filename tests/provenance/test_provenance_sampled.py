@@ -162,13 +162,14 @@ def test_open_takes_the_run_or_its_index_file_only(runs, tmp_path):
 def test_exact_runs_keep_their_config_hash_and_old_runs_open(runs, tmp_path):
     """Hashes of the index written before the sampled mode (pinned from that code): exact runs hash
     as they did; a run of then (config.yaml without ``mode``, index without the attribute) opens."""
-    smoke = load_config("smoke")
+    smoke = from_dict({"world": {"version": 1}}, base=load_config("smoke"))  # runs of then: world v1
     assert from_dict({"provenance": {"enabled": True, "mode": "exact"}}, base=smoke).hash() == "7e4c182af26e8d40"
     assert smoke.hash() == "9fb4cd85fa326dc4"
     old_cfg = from_dict({"provenance": {"enabled": True, "mode": "exact"}}, base=smoke)
     old = old_cfg.to_dict()
     for k in ("mode", "sample_rate", "sample_seed"):
         del old["provenance"][k]
+    del old["world"]["version"]  # written before world versions existed
     write_json(tmp_path / "config.yaml", old)  # JSON is YAML
     ds = runs[0].copy()
     ds.attrs = {k: v for k, v in ds.attrs.items() if k != "mode"}

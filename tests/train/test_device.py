@@ -38,8 +38,11 @@ def test_device_is_validated_and_left_out_of_the_config_hash():
     # the demo preset with its governance parts off is the demo of before they were on
     demo = from_dict({"routing": {"mode": "off"}, "provenance": {"enabled": False}, "memorization": {"mode": "off"}},
                      base=load_config("demo"))
-    assert (cfg.hash(), demo.hash()) == ("9fb4cd85fa326dc4", "d15d326da8692de9")
-    assert load_config("gpu").train.device == "cuda" and load_config("gpu").hash() == "6b60338f9025e541"
+    v1 = from_dict({"world": {"version": 1}}, base=cfg)  # the smoke preset on the original world
+    assert (v1.hash(), demo.hash()) == ("9fb4cd85fa326dc4", "d15d326da8692de9")
+    assert cfg.world.version == 2 and cfg.hash() != v1.hash()  # world version 2 trains other images
+    gpu_v1 = from_dict({"world": {"version": 1}}, base=load_config("gpu"))
+    assert load_config("gpu").train.device == "cuda" and gpu_v1.hash() == "6b60338f9025e541"
     assert from_dict({"train": {"device": "cuda:1"}}, base=cfg).hash() == cfg.hash()  # resumable elsewhere
     for bad in ("gpu", "cuda:x"):
         with pytest.raises(GovlabError, match="device must be cpu, cuda or cuda:N"):
