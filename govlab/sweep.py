@@ -170,8 +170,8 @@ def _job_env(env: dict[str, str | None], threads: int | None):
                 os.environ[k] = v
 
 
-def _call(fn, args, env, threads):
-    """What a Ray worker runs for one job."""
+def _call(fn, env, threads, *args):
+    """What a Ray worker runs for one job (``args`` top-level, so that Ray resolves object refs)."""
     with _job_env(env, threads):
         return fn(*args)
 
@@ -259,8 +259,7 @@ class Sweep:
             return stored[id(a)]
 
         fn = _remote()
-        pending = {fn.remote(jobs[i].fn, tuple(ref(a) for a in jobs[i].args), env, self.threads): i
-                   for i in todo}
+        pending = {fn.remote(jobs[i].fn, env, self.threads, *(ref(a) for a in jobs[i].args)): i for i in todo}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)

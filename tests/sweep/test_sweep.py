@@ -15,7 +15,7 @@ from govlab.errors import GovlabError
 from govlab.sweep import Job, Sweep, SweepJobError, check_address
 
 
-def noisy_sum(folder: str, x: int) -> dict:
+def noisy_sum(folder, x: int) -> dict:
     """A cache entry per ``x``: the sum of a seeded random matrix product (torch, so that the torch
     thread count matters), built once under its lock; records which process built it."""
     path = Path(folder) / f"{x}.json"
@@ -33,7 +33,8 @@ def noisy_sum(folder: str, x: int) -> dict:
 
 
 def jobs(folder: Path, xs) -> list[Job]:
-    return [Job(noisy_sum, (str(folder), x), {"x": x}, cached=(folder / f"{x}.json").is_file) for x in xs]
+    # the folder as a Path: an argument Ray holds in its object store (a ref the worker must resolve)
+    return [Job(noisy_sum, (folder, x), {"x": x}, cached=(folder / f"{x}.json").is_file) for x in xs]
 
 
 @pytest.mark.skipif(not __import__("govlab.sweep", fromlist=["x"]).ray_available(), reason="ray not installed")
