@@ -65,22 +65,35 @@ def test_the_estimate_is_unbiased_over_seeds(runs, figure):
 
 
 def test_the_stored_errors_cover_at_their_rate(runs):
-    """The stored variances are right on average (their mean over seeds against the spread of the
-    estimates), and the 95% intervals the index states (Student's t over the interval's drawn
+    """The stored variances do not understate the spread of the estimates over seeds (their mean
+    against the mean squared error, with a bootstrap interval over seeds), and the 95% intervals the index states (Student's t over the interval's drawn
     steps) hold the exact figure in at least 95% of the cells that moved."""
     exact, sampled = runs
-    inside, ratios = [], []
+    inside, ratios, intervals = [], [], []
+    rng = np.random.default_rng(0)
+    boot = rng.integers(0, len(sampled), size=(2000, len(sampled)))  # seeds resampled with replacement
     for figure in ("grad_norm_sq", "update_share"):
         truth = exact[figure].values
         moved = truth != 0
         est = np.stack([s[figure].values for s in sampled])
         var = np.stack([s[f"{figure}_se"].values ** 2 for s in sampled])
-        ratios.append(var.mean(0)[moved].sum() / ((est - truth) ** 2).mean(0)[moved].sum())
+        stored = var[:, moved].reshape(len(sampled), -1).sum(1)  # per seed: stated variance, summed
+        sq_err = ((est - truth) ** 2)[:, moved].reshape(len(sampled), -1).sum(1)  # per seed: squared error
+        ratios.append(stored.mean() / sq_err.mean())
+        # the ratio over SEEDS seeds is itself noisy (the cells of one seed share its drawn steps): its
+        # 99% bootstrap interval over seeds must hold 1, and a gross error (a missing 1/rate factor)
+        # shows as a ratio far from 1
+        b = stored[boot].mean(1) / sq_err[boot].mean(1)
+        intervals.append((float(np.quantile(b, 0.005)), float(np.quantile(b, 0.995))))
         for s in sampled:
             q = np.array([quantile95(d) for d in s["steps_drawn"].values])
             err, se = np.abs(s[figure].values - truth), s[f"{figure}_se"].values
             inside.append((err <= q * se)[moved])
-    assert all(0.6 < r < 1.6 for r in ratios), ratios
+    # the stored variance is the larger of an unbiased design-based estimate and a model-based one
+    # (writer._finish_variance), so it may overstate, never understate: 1 is at or below the upper
+    # end of the ratio's interval, and the overstatement stays below a factor 2
+    assert all(hi >= 1.0 for lo, hi in intervals), (ratios, intervals)
+    assert all(0.5 < r < 2.0 for r in ratios), ratios
     inside = np.concatenate(inside)
     coverage, noise = inside.mean(), np.sqrt(0.95 * 0.05 / inside.size)  # binomial error of the rate
     assert 0.95 - 3 * noise <= coverage < 1.0, (coverage, noise)
