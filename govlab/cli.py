@@ -343,6 +343,7 @@ def explore(runs: list[Path] = typer.Argument(..., help="Run directories (e.g. a
 
 @app.command()
 def bench(name: str, quick: bool = typer.Option(False, help="Small sizes for a quick check."),
+          full: bool = typer.Option(False, "--full", help="Full sizes (the default without --quick)."),
           device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (train, routing, index, "
                                                           "memorization; default: the preset's)."),
           preset: Optional[str] = typer.Option(None, help="Train on this preset instead of the benchmark's own "
@@ -358,6 +359,8 @@ def bench(name: str, quick: bool = typer.Option(False, help="Small sizes for a q
 
     if name not in BENCHMARKS:
         raise GovlabError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
+    if quick and full:
+        raise GovlabError("--quick and --full: choose one")
     if (device is not None or preset is not None) and name not in DEVICE_BENCHMARKS:
         raise GovlabError(f"--device and --preset apply to {', '.join(DEVICE_BENCHMARKS)}, not {name!r}")
     if (workers is not None or address is not None) and name not in SWEEP_BENCHMARKS:
