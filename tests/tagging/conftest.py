@@ -4,14 +4,23 @@ import pytest
 
 
 @pytest.fixture(scope="session")
+def smoke_cfg():
+    """The smoke preset on the world version the shipped taxonomy and exemplars describe (its images,
+    tags and ground truth all of that version: the training comparisons use this config's dataset)."""
+    from dataclasses import replace
+
+    from govlab.config import load_config
+    from govlab.tagging.world import TAGGED_WORLD_VERSION
+
+    cfg = load_config("smoke")
+    return replace(cfg, world=replace(cfg.world, version=TAGGED_WORLD_VERSION))
+
+
+@pytest.fixture(scope="session")
 def smoke_world(smoke_cfg):
     from govlab.data.cache import world_dir
 
-    from dataclasses import replace
-
-    from govlab.tagging.world import TAGGED_WORLD_VERSION
-
-    return world_dir(replace(smoke_cfg.world, version=TAGGED_WORLD_VERSION), progress=False)
+    return world_dir(smoke_cfg.world, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,11 @@ def shares(u: np.ndarray, src: np.ndarray, sources: list[str]) -> np.ndarray:
     return np.where(total != 0, by / np.where(total != 0, total, 1), 0.0)
 
 
+def sample_rows(index) -> np.ndarray:
+    """The dataset row of each of the index's samples."""
+    return np.asarray(index.ds["sample"].values)
+
+
 def per_sample(index):
     ds = index.ds
     u = ds["update_share"].sum("checkpoint").transpose("sample", "band").values
@@ -100,8 +105,21 @@ def test_index_shares_match_the_ground_truth_run(smoke_cfg, smoke_dataset, tagge
     lo, hi = np.quantile(boot, 0.025, axis=0), np.quantile(boot, 0.975, axis=0)
     moved = want.sum(0) > 0
     assert moved.sum() >= 3  # several bands moved: the comparison is not of zeros
-    inside = (got >= lo - 1e-9) & (got <= hi + 1e-9)
-    assert inside[:, moved].all(), [(s, b, got[i, j], lo[i, j], hi[i, j]) for i, s in enumerate(sources)
+    # The tagger's own errors (2 of 190 images here: a watermark given to an artist's image, an identity
+    # to a stock photo) move the bands that route those images differently, by at most those images'
+    # share of the band in either run; every other band must agree within the interval.
+    wrong_rows = [i for i, (r, t) in enumerate(zip(smoke_dataset.records, tagged_dataset.records))
+                  if sorted(r["categories"]) != sorted(t["categories"]) or r["source_id"] != t["source_id"]]
+    assert len(wrong_rows) <= 0.02 * len(u), wrong_rows  # tests/tagging/test_tagging.py holds the tagger to this
+    assert (sample_rows(truth) == np.arange(len(u))).all() and (sample_rows(tagged) == np.arange(len(ut))).all()
+    def part(v):  # the wrong rows' share of each band's update (shares are signed: magnitudes)
+        total = np.abs(v.sum(0))
+        return np.abs(v[wrong_rows]).sum(0) / np.where(total > 0, total, 1)
+
+    slack = np.maximum(part(ut), part(u))
+    assert (slack[moved] == 0).sum() >= 3  # bands the errors did not touch are compared exactly as before
+    inside = (got >= lo - slack - 1e-9) & (got <= hi + slack + 1e-9)
+    assert inside[:, moved].all(), [(s, b, got[i, j], lo[i, j], hi[i, j], slack[j]) for i, s in enumerate(sources)
                                     for j, b in enumerate(bands) if moved[j] and not inside[i, j]]
     # the check can fail: labels with every artist's images credited to the next artist land outside
     rotate = {f"artist_{k}": f"artist_{(k + 1) % 6}" for k in range(6)}
