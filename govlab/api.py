@@ -15,11 +15,14 @@ Lifecycle: ``sampler`` (for the DataLoader), ``optimizer(cls, ...)``, ``begin(ba
 forward, ``loss(per_sample)``, ``checkpoint(step)`` beside ``accelerator.save_state``, ``end(step)``;
 ``state_dict``/``load_state_dict`` for ``accelerator.register_for_checkpointing``.
 
-Under ``accelerate launch`` with several processes (DDP with ``find_unused_parameters=True``: routing
-leaves bands out of a shard's graph) the parts reduce as under ``govlab train`` with torchrun
-(``govlab.distributed``): the index sums its per-source shares across processes and sets the
-averaged gradient on the steps it computes them, routing's idle bands follow the global batch, the
-monitor splits its watched rows and gathers the scores, and process 0 writes the files.
+Under ``accelerate launch`` with several processes the parts reduce as under ``govlab train`` with
+torchrun (``govlab.distributed``). Governance averages the gradients at the optimizer's step and
+turns off the sync of the DDP that accelerate wraps the denoiser in (at its first forward): routing
+leaves bands out of a shard's graph and the index freezes the denoiser on the steps where it computes
+shares, while DDP's reducer expects the same parameters in every process's backward. The index sums
+its per-source shares across processes and sets the averaged gradient on the steps it computes them,
+routing's idle bands follow the global batch, the monitor splits its watched rows and gathers the
+scores, and process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from govlab import distributed
 from govlab.errors import GovlabError
@@ -342,6 +346,9 @@ class Governance:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.ctx = None
         self._device = None
+        self._synced: list[torch.Tensor] = []  # the gradients governance averages across processes
+        self._ddp_hook = None
+        check_accelerate_world()
         self.out.mkdir(parents=True, exist_ok=True)  # after every check: a refused setup writes nothing
 
     def _start(self) -> None:
@@ -359,6 +366,15 @@ class Governance:
         for name, child in self.model.named_children():
             if name != "unet":
                 child.to(self._device)
+        if distributed.world().active:  # the DDP around the denoiser, found at its first forward
+            self._synced = self.parameters()
+            self._ddp_hook = torch.nn.modules.module.register_module_forward_pre_hook(self._ddp_sync_off)
+
+    def _ddp_sync_off(self, module, args) -> None:
+        """The DDP that wraps the denoiser leaves the gradients alone: governance averages them at
+        the optimizer's step (``_before_update``), None where no process reached a parameter."""
+        if isinstance(module, DistributedDataParallel) and module.module is self.model.unet:
+            module.require_backward_grad_sync = False
 
     def _bind_writer(self) -> None:
         band_of = dict(self.router.band_of) if self.router is not None else {
@@ -456,7 +472,6 @@ class Governance:
         if self.ctx is None or getattr(self.ctx, "per_sample_loss", None) is None:
             raise GovlabError("governance: clip_grad_norm_() between loss(...).backward() and optimizer.step()")
         self._before_update()
-        self.ctx.finished = True
         total = torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.grad is not None], max_norm,
                                                norm_type)
         shares = getattr(self.writer, "_shares", None) if self.writer is not None else None
@@ -465,8 +480,19 @@ class Governance:
         return total
 
     def _before_update(self) -> None:
-        if self.ctx is not None and self.writer is not None and not self.ctx.finished:
-            self.writer.after_backward(self.ctx)
+        """Between the step's backward and its update (once): the index's shares, and under several
+        processes every gradient averaged across them (by the index on the steps it computes)."""
+        ctx = self.ctx
+        if ctx is None or ctx.finished:
+            return
+        if self._ddp_hook is not None:  # the first forward has run: DDP's sync is off if it wraps the denoiser
+            self._ddp_hook.remove()
+            self._ddp_hook = None
+        if self.writer is not None:
+            self.writer.after_backward(ctx)
+        if not (self.writer is not None and self.writer.reduces_gradients(ctx)):
+            distributed.average_gradients(self._synced)
+        ctx.finished = True
 
     def _after_update(self) -> None:
         ctx, self.ctx = self.ctx, None
@@ -532,11 +558,28 @@ class Governance:
         self.events.truncate_after(self.step - 1)
 
 
+def check_accelerate_world() -> None:
+    """Refuse processes that joined a torch.distributed group of several which accelerate runs as one
+    process each: accelerate would not split the batches, and each would write as process 0."""
+    w = distributed.world()
+    if not w.active:
+        return
+    from accelerate.state import PartialState
+
+    if PartialState._shared_state and PartialState().num_processes != w.size:
+        state = PartialState()
+        raise GovlabError(f"governance: this process is one of {w.size} in torch.distributed's group, but accelerate "
+                          f"runs it alone (num_processes {state.num_processes}, distributed_type "
+                          f"{state.distributed_type.value}), so every process would train the same rows and write "
+                          "the same files. On CPUs accelerate joins the group of `accelerate launch --multi_gpu` "
+                          "or torchrun only with ACCELERATE_USE_CPU=true in the environment (gloo)")
+
+
 class _Ctx(StepContext):
     """A step of a foreign loop: the batch lives in the loop, so ``permute`` only composes the order."""
 
     perm = None
-    finished = False  # the step's gradients are set (clip_grad_norm_ took them before the step)
+    finished = False  # the step's gradients are set (``_before_update`` ran: at clip_grad_norm_ or the step)
 
     def permute(self, perm: torch.Tensor) -> None:
         self.indices, self.weights = self.indices[perm], self.weights[perm]

@@ -147,6 +147,28 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(t) / w.size if w.active else t
 
 
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Each parameter's gradient set to its mean over the ranks (a rank whose step did not reach it
+    adds zeros), and left at None where no rank's step reached it, as DDP with
+    ``find_unused_parameters=True`` does. One all-reduce of the flattened gradients and flags."""
+    w = world()
+    if not w.active or not params:
+        return
+    dtype = params[0].dtype
+    for p in params[1:]:
+        dtype = torch.promote_types(dtype, p.dtype)
+    reached = torch.tensor([p.grad is not None for p in params], dtype=dtype, device=params[0].device)
+    flat = all_reduce_sum(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+                                     for p in params] + [reached]))
+    k = len(params)
+    total, reached = flat[:-k].div_(w.size), (flat[-k:] > 0).tolist()
+    start = 0
+    for p, on in zip(params, reached):
+        n = p.numel()
+        p.grad = total[start:start + n].view_as(p).to(p.dtype) if on else None
+        start += n
+
+
 def gather_objects(obj) -> list:
     """Every rank's picklable ``obj`` (small: scores, flags), in rank order (trusted: our own ranks)."""
     w = world()
