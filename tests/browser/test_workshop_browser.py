@@ -87,13 +87,13 @@ def test_lesson_widget_drives_its_output(page, lab, artifacts):
 
     run_all()
     select = page.locator(".widget-dropdown select").first
-    choose = page.get_by_text("Select kernel for:")  # its default button, Select, has the focus
+    choose = page.get_by_text("Select kernel for:")  # its select offers the notebook's own kernel
     end = time.monotonic() + 300  # the kernel imports torch and draws the panel: minutes on a loaded machine
     while not select.is_visible():
         if choose.is_visible():
             # JupyterLab asks for the kernel when none had started yet (a loaded machine): the notebook's
             # own is chosen, and the cells, which did not run without a kernel, are run again
-            page.keyboard.press("Enter")
+            page.locator(".jp-Dialog .jp-mod-accept").first.click()
             choose.wait_for(state="hidden")
             run_all()
         if time.monotonic() > end:
