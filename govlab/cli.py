@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -17,9 +18,21 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 JSON = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
 
 
+def strict(obj):
+    """``obj`` with every non-finite float (an undefined figure: NaN, or an infinity) as None, so that
+    ``--json`` prints strict JSON (null), which every JSON parser reads."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
 def emit(result: dict, as_json: bool, human: str) -> None:
     if as_json:
-        print(json.dumps(result))
+        print(json.dumps(strict(result), allow_nan=False))
     else:
         print(human)
 

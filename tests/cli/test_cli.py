@@ -107,3 +107,13 @@ def test_bench_index_quick_json():
     assert r["kernels_only_ratio"] == pytest.approx((p + r["profile_extra_kernel_ms"]) / p, abs=1e-3)
     assert r["bytes_1k"] == r["bytes_100k"] > 0  # cohort granularity: independent of the records
     assert r["overhead_ratio"] > 0 and r["query_ms"] > 0 and r["sources"] == 8
+
+
+def test_json_output_is_strict_json(capsys):
+    """An undefined figure (NaN) prints as null: --json is read by any JSON parser, not only Python's."""
+    from govlab.cli import emit
+
+    emit({"lds": float("nan"), "ci": [float("-inf"), 0.5], "nested": {"x": float("nan"), "n": 3}}, True, "")
+    line = capsys.readouterr().out.strip()
+    assert "NaN" not in line and "Infinity" not in line
+    assert json.loads(line) == {"lds": None, "ci": [None, 0.5], "nested": {"x": None, "n": 3}}
