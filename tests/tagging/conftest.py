@@ -4,9 +4,10 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def smoke_cfg():
-    """The smoke preset on the world version the shipped taxonomy and exemplars describe (its images,
-    tags and ground truth all of that version: the training comparisons use this config's dataset)."""
+def tagging_cfg():
+    """The smoke preset on the world version the shipped taxonomy and exemplars describe (a fixture
+    of its own name: overriding ``smoke_cfg`` here would not reach the session's ``smoke_dataset``,
+    cached on version 2 by whichever test asked first)."""
     from dataclasses import replace
 
     from govlab.config import load_config
@@ -17,10 +18,18 @@ def smoke_cfg():
 
 
 @pytest.fixture(scope="session")
-def smoke_world(smoke_cfg):
+def smoke_world(tagging_cfg):
     from govlab.data.cache import world_dir
 
-    return world_dir(smoke_cfg.world, progress=False)
+    return world_dir(tagging_cfg.world, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tagging_dataset(tagging_cfg):
+    """The dataset of ``tagging_cfg`` (images and ground truth of the tagged world's version)."""
+    from govlab.data.cache import run_dataset
+
+    return run_dataset(tagging_cfg, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -34,14 +34,15 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def tagged_dataset(tagged_blind, smoke_dataset):
+def tagged_dataset(tagged_blind, tagging_dataset, smoke_world):
     """The world's images and captions with the labels the tagger assigned (from images and captions
     stripped of source words) in place of the ground truth."""
     _, out, _ = tagged_blind
+    assert tagging_dataset.root == smoke_world  # the images and ground truth of the world that was tagged
     tags = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
-    assert [t["file_name"] for t in tags] == [r["file_name"] for r in smoke_dataset.records]
-    records = [{**r, **{k: t[k] for k in FIELDS}} for r, t in zip(smoke_dataset.records, tags)]
-    return Dataset(out, records, smoke_dataset.images)
+    assert [t["file_name"] for t in tags] == [r["file_name"] for r in tagging_dataset.records]
+    records = [{**r, **{k: t[k] for k in FIELDS}} for r, t in zip(tagging_dataset.records, tags)]
+    return Dataset(out, records, tagging_dataset.images)
 
 
 def fit(cfg, dataset, out):
@@ -69,8 +70,8 @@ def per_sample(index):
     return u, np.asarray(ds["source_id"].values).astype(str), [str(b) for b in ds["band"].values]
 
 
-def test_tagged_copy_routes_without_leakage(smoke_cfg, tagged_dataset):
-    cfg = from_dict({"name": "tag-leak", **TINY}, base=smoke_cfg)
+def test_tagged_copy_routes_without_leakage(tagging_cfg, tagged_dataset):
+    cfg = from_dict({"name": "tag-leak", **TINY}, base=tagging_cfg)
     torch.manual_seed(0)
     model = build_model(cfg, tagged_dataset)
     router = prepare(model, cfg.routing, tagged_dataset.records).install()
@@ -90,9 +91,9 @@ def test_tagged_copy_routes_without_leakage(smoke_cfg, tagged_dataset):
     assert max(plain.values()) > 0.1  # the same batch without routing leaks: the check can fail
 
 
-def test_index_shares_match_the_ground_truth_run(smoke_cfg, smoke_dataset, tagged_dataset, tmp_path):
-    cfg = from_dict({"name": "tag-index", **TINY}, base=smoke_cfg)
-    truth = fit(cfg, smoke_dataset, tmp_path / "truth")
+def test_index_shares_match_the_ground_truth_run(tagging_cfg, tagging_dataset, tagged_dataset, tmp_path):
+    cfg = from_dict({"name": "tag-index", **TINY}, base=tagging_cfg)
+    truth = fit(cfg, tagging_dataset, tmp_path / "truth")
     tagged = fit(cfg, tagged_dataset, tmp_path / "tagged")
     sources = sorted(set(truth.sources) | set(tagged.sources))
     u, src, bands = per_sample(truth)
@@ -108,7 +109,7 @@ def test_index_shares_match_the_ground_truth_run(smoke_cfg, smoke_dataset, tagge
     # The tagger's own errors (2 of 190 images here: a watermark given to an artist's image, an identity
     # to a stock photo) move the bands that route those images differently, by at most those images'
     # share of the band in either run; every other band must agree within the interval.
-    wrong_rows = [i for i, (r, t) in enumerate(zip(smoke_dataset.records, tagged_dataset.records))
+    wrong_rows = [i for i, (r, t) in enumerate(zip(tagging_dataset.records, tagged_dataset.records))
                   if sorted(r["categories"]) != sorted(t["categories"]) or r["source_id"] != t["source_id"]]
     assert len(wrong_rows) <= 0.02 * len(u), wrong_rows  # tests/tagging/test_tagging.py holds the tagger to this
     assert (sample_rows(truth) == np.arange(len(u))).all() and (sample_rows(tagged) == np.arange(len(ut))).all()
@@ -123,8 +124,8 @@ def test_index_shares_match_the_ground_truth_run(smoke_cfg, smoke_dataset, tagge
                                     for j, b in enumerate(bands) if moved[j] and not inside[i, j]]
     # the check can fail: labels with every artist's images credited to the next artist land outside
     rotate = {f"artist_{k}": f"artist_{(k + 1) % 6}" for k in range(6)}
-    wrong = Dataset(smoke_dataset.root, [{**r, "source_id": rotate.get(r["source_id"], r["source_id"])}
-                                         for r in smoke_dataset.records], smoke_dataset.images)
+    wrong = Dataset(tagging_dataset.root, [{**r, "source_id": rotate.get(r["source_id"], r["source_id"])}
+                                         for r in tagging_dataset.records], tagging_dataset.images)
     uw, srcw, _ = per_sample(fit(cfg, wrong, tmp_path / "wrong"))
     off = shares(uw, srcw, sources)
     assert not ((off >= lo - 1e-9) & (off <= hi + 1e-9))[:, moved].all()
