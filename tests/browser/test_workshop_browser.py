@@ -3,6 +3,7 @@ output it drives changes (``govlab workshop DIR --port P``, the Debian chromium)
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,6 +87,8 @@ def test_lesson_widget_drives_its_output(page, lab, artifacts):
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
 
     run_all()
+    started = page.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]"))  # [*]: or [n]:
+    last_run = time.monotonic()
     select = page.locator(".widget-dropdown select").first
     choose = page.get_by_text("Select kernel for:")  # its select offers the notebook's own kernel
     end = time.monotonic() + 300  # the kernel imports torch and draws the panel: minutes on a loaded machine
@@ -96,6 +99,12 @@ def test_lesson_widget_drives_its_output(page, lab, artifacts):
             page.locator(".jp-Dialog .jp-mod-accept").first.click()
             choose.wait_for(state="hidden")
             run_all()
+            last_run = time.monotonic()
+        elif started.count() == 0 and time.monotonic() - last_run > 20:
+            # no cell started 20 s after Run All: it reached the page before the kernel's connection
+            # did (seen in CI: every prompt still [ ]:, the kernel idle), so the cells are run again
+            run_all()
+            last_run = time.monotonic()
         if time.monotonic() > end:
             page.screenshot(path=artifacts / "workshop_lesson1_timeout.png")
             pytest.fail("the lesson's panel did not appear in 300 s (test-artifacts/workshop_lesson1_timeout.png); "
