@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from govlab.bench.train import interleaved
+from govlab.eval.stats import mean_ci
 from govlab.lineage.api import default_prompts, prompt_distances
 from govlab.lineage.features import get_extractor
 from govlab.lineage.zoo import cached_zoo
@@ -22,7 +23,8 @@ def _split(verdicts) -> dict:
 
 def bench_lineage(*, quick: bool = False, workers: int | None = None, address: str | None = None) -> dict:
     """Median seconds of Isomap + JS for 8 models x k=100 features of one prompt; zoo accuracy at
-    k=100 and, without ``quick``, at k=300: over all targets (``accuracy``), over the fine-tunes
+    k=100 and, without ``quick``, at k=300: over all targets (``accuracy``, with ``accuracy_ci``: a 95%
+    bootstrap interval over the targets, wide with 7 of them), over the fine-tunes
     alone (``accuracy_finetunes``, right base among ``n_finetunes``) and over the from-scratch
     models alone (``accuracy_null``, NULL among ``n_scratch``).
 
@@ -52,7 +54,9 @@ def bench_lineage(*, quick: bool = False, workers: int | None = None, address: s
     return {"distance_s": round(med["gaussian"], 4), "distance_knn_s": round(med["knn"], 4),
             "models": len(names), "k": K, "feature_dim": int(one[names[0]].shape[1]),
             "accuracy": round(accuracy(verdicts["gaussian"]), 4),
+            "accuracy_ci": mean_ci([float(v.correct) for v in verdicts["gaussian"]])[1],
             "accuracy_knn": round(accuracy(verdicts["knn"]), 4),
+            "accuracy_knn_ci": mean_ci([float(v.correct) for v in verdicts["knn"]])[1],
             "targets": len(verdicts["gaussian"]), "prompts": len(prompts), **split,
             "wrong": [v.target for v in verdicts["gaussian"] if not v.correct],
             "wrong_knn": [v.target for v in verdicts["knn"] if not v.correct], **more, "quick": quick}

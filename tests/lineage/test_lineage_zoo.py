@@ -203,6 +203,8 @@ def test_bench_lineage_quick_json(quick_zoo, zoo_prompts, verdicts, knn_verdicts
         right = {t: by[t].result.base == m.expected for t, m in zip(targets, quick_zoo.targets)}
         assert out[f"wrong{suffix}"] == [t for t in targets if not right[t]], suffix
         assert out[f"accuracy{suffix}"] == round(sum(right.values()) / len(targets), 4), suffix
+        lo, hi = out[f"accuracy{suffix}_ci"]  # bootstrap over the targets: around the figure, inside [0, 1]
+        assert 0 <= lo <= out[f"accuracy{suffix}"] <= hi <= 1 and (lo < hi or len(set(right.values())) == 1)
         assert "c_twice" in out[f"wrong{suffix}"]
         # fine-tunes and from-scratch models apart, each with its count, from the same known truth
         tuned = [t for t, m in zip(targets, quick_zoo.targets) if m.expected is not None]
