@@ -135,50 +135,34 @@ def _train_lineage(root: Path, quick: bool) -> dict:
     return answers
 
 
-def _job(kind: str, name: str, cfg, root: Path, quick: bool) -> float:
+def _job(kind: str, name: str, cfg, root: str, quick: bool) -> float:
     """Train one of the workshop's runs (or its lineage pool) into ``root``; its seconds."""
     from govlab.run import train_run
 
     start = time.perf_counter()
     if kind == "run":
-        train_run(cfg, root / "runs" / name, progress=False)
+        train_run(cfg, Path(root) / "runs" / name, progress=False)
     else:
-        write_json(root / "answers" / "lineage.json", _train_lineage(root, quick))
+        write_json(Path(root) / "answers" / "lineage.json", _train_lineage(Path(root), quick))
     return round(time.perf_counter() - start, 1)
 
 
-def build(root: Path, *, quick: bool, progress: bool = True, workers: int | None = None) -> None:
-    """Train every run of the workshop into ``root`` (an empty folder). The runs are independent
-    and each trains on one thread, so ``workers`` processes (default: one per core) train them side
-    by side; each run's bits are those of a serial build."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
+def build(root: Path, *, quick: bool, progress: bool = True) -> None:
+    """Train every run of the workshop into ``root`` (an empty folder). The runs are independent,
+    each on one thread, so they go through a sweep (``govlab.sweep``: side by side on local Ray,
+    one CPU each, or one after another without Ray), with the bits of a serial build."""
     from govlab.eval.classifiers import load_evaluator
+    from govlab.sweep import Job, Sweep
 
+    start = time.perf_counter()
+    load_evaluator(16, progress=False)  # the world's evaluator: scores and lineage features
+    seconds = {"evaluator": round(time.perf_counter() - start, 1)}
     jobs = [*(("run", n, c) for n, c in routing_configs(quick).items()),
             *(("run", c.name, c) for c in memorization_configs(quick).values()), ("lineage", "lineage", None)]
-    workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
-    seconds = {}
-    with tqdm(total=len(jobs) + 1, desc="workshop prepare", disable=not progress) as bar:
-        start = time.perf_counter()
-        load_evaluator(16, progress=False)  # the world's evaluator: scores and lineage features
-        seconds["evaluator"] = round(time.perf_counter() - start, 1)
-        bar.update()
-        if workers == 1:
-            for kind, name, cfg in jobs:
-                bar.set_postfix_str(name)
-                seconds[name] = _job(kind, name, cfg, root, quick)
-                bar.update()
-        else:  # spawned processes: no forked torch state
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(_job, kind, name, cfg, root, quick): name for kind, name, cfg in jobs}
-                for done in as_completed(futures):
-                    seconds[futures[done]] = done.result()  # a failed run raises here, with its error
-                    bar.set_postfix_str(futures[done])
-                    bar.update()
-    write_json(root / "built.json", {"quick": quick, "key": cache_key(quick), "seconds": seconds,
-                                     "workers": workers})
+    took = Sweep().run([Job(_job, (kind, name, cfg, str(root), quick), {"workshop": name, "quick": quick})
+                      for kind, name, cfg in jobs], desc="workshop prepare", progress=progress)
+    seconds |= {name: t for (_, name, _), t in zip(jobs, took)}
+    write_json(root / "built.json", {"quick": quick, "key": cache_key(quick), "seconds": seconds})
 
 
 def cached_build(*, quick: bool, progress: bool = True) -> Path:
