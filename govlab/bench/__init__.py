@@ -13,12 +13,13 @@ from govlab.bench.routing import bench_routing
 from govlab.bench.sweep import bench_sweep
 from govlab.bench.tagging import bench_tagging
 from govlab.bench.train import bench_train
+from govlab.bench.watermark import bench_watermark
 
 BENCHMARKS = {"train": bench_train, "routing": bench_routing, "lineage": bench_lineage,
               "explore": bench_explore, "memorization": bench_memorization,
               "index": bench_index, "attribution": bench_attribution, "tagging": bench_tagging,
               "foreign": bench_foreign, "sweep": bench_sweep, "evaluators": bench_evaluators, "removal": bench_removal,
-              "distributed": bench_distributed}
+              "distributed": bench_distributed, "watermark": bench_watermark}
 DEVICE_BENCHMARKS = ("train", "routing", "index", "memorization")  # those with --device and --preset
 SWEEP_BENCHMARKS = ("sweep", "attribution", "lineage")  # those with --workers and --address (govlab.sweep)
 

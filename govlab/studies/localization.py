@@ -45,12 +45,14 @@ def configs(cfg: RunConfig, seed: int = 0) -> dict[str, RunConfig]:
                                 routing=replace(cfg.routing, mode="unrouted"))}
 
 
-def train_one(cfg: RunConfig, out: str | Path, *, exclude: str | None = None, until: int | None = None,
-              progress: bool = False) -> Path:
+def train_one(cfg: RunConfig, out: str | Path, *, exclude: str | None = None, exclude_category: str | None = None,
+              until: int | None = None, progress: bool = False) -> Path:
     """Train (or reuse, or resume) one model into ``out``; ``exclude`` drops that source's records
-    first; ``until`` stops early at a checkpoint (call again to continue)."""
+    first, ``exclude_category`` the records of that category (``watermark``: every watermarked
+    image); ``until`` stops early at a checkpoint (call again to continue)."""
     out = Path(out)
-    spec = {"config_hash": cfg.hash(), "exclude": exclude}
+    spec = {"config_hash": cfg.hash(), "exclude": exclude} | ({"exclude_category": exclude_category}
+                                                              if exclude_category else {})
     marker = out / "experiment.json"
     state = json.loads(marker.read_text()) if marker.is_file() else {}
     if state.get("spec") == spec and state.get("done") and (out / "model.safetensors").is_file():
@@ -65,6 +67,8 @@ def train_one(cfg: RunConfig, out: str | Path, *, exclude: str | None = None, un
     data = run_dataset(cfg, progress=progress)
     if exclude is not None:
         data = data.subset([i for i, r in enumerate(data.records) if r["source_id"] != exclude])
+    if exclude_category is not None:
+        data = data.subset([i for i, r in enumerate(data.records) if exclude_category not in r["categories"]])
     data, hooks = attach(cfg, data)
     trainer = Trainer(cfg, data, out, hooks=hooks, progress=progress).fit(resume=resume, until=until)
     if trainer.step == cfg.train.steps:
