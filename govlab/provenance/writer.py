@@ -15,12 +15,15 @@ also counts ``source_steps_seen``: the steps each source took part in.
 Sampled mode (the default) computes the shares on the first ``exact_first`` steps and then only on
 a seeded random subset of steps: step ``t`` with probability ``p_t`` (1 for the first steps, then
 ``sample_rate``), independently. Every step records the exact counts (``steps_seen``,
-``samples_seen``) and each group's loss weight ``x_t`` (the sum of its rows' loss weights,
-``loss_weight``); a figure ``y_t`` of a computed step enters as ``(y_t - b_t x_t) / p_t`` and every
-step adds ``b_t x_t`` (Horvitz-Thompson with a control variate), where ``b_t`` is the ratio of the
-group's computed ``y`` to its ``x`` over the steps before ``t``, older steps decayed by ``DECAY``
-each: any ``b_t`` fixed before step ``t`` is drawn leaves the estimate unbiased, since the index
-does not change the training. The variance of the total is estimated by the sum over computed steps
+``samples_seen``), each group's loss weight (the sum of its rows' loss weights, ``loss_weight``)
+and, per band, the squared norm ``G_t`` of the gradient the optimizer applies (cheap: the summed
+gradient, not the groups' shares). A group's control variate in a band is ``a_t = x_t / X_t * G_t``,
+its share ``x_t / X_t`` of the step's loss weight times the band's squared norm, which follows the
+step-to-step swings of the gradient's size that the groups' figures share. A figure ``y_t`` of a
+computed step enters as ``(y_t - b_t a_t) / p_t`` and every step adds ``b_t a_t`` (Horvitz-Thompson
+with a control variate), where ``b_t`` is the ratio of the group's computed ``y`` to its ``a`` over
+the steps before ``t``, older steps decayed by ``DECAY`` each: any ``a_t`` and ``b_t`` fixed before
+step ``t`` is drawn leave the estimate unbiased, since the index does not change the training. The variance of the total is estimated by the sum over computed steps
 of ``(1 - p_t) / p_t^2 (y_t - b_t x_t)^2`` (unbiased), or, where larger, by a model-based estimate
 that counts every step (``_finish_variance``); ``*_se`` is its root, and ``steps_drawn`` counts the
 randomly drawn steps, the degrees of freedom of its interval.
@@ -59,8 +62,9 @@ PARTS = "index.parts"  # per-sample granularity: one file per checkpoint
 FORMAT = "govlab-provenance-1"
 FIGURES = ("grad_norm_sq", "update_share", "steps_seen", "samples_seen")  # accumulated per row
 SHARES = ("grad_norm_sq", "update_share")  # the figures from the per-group shares (estimated when sampled)
-ESTIMATOR = ("Horvitz-Thompson over independently sampled steps, with the group's loss weight as a "
-             "control variate (decayed ratio of the earlier computed steps)")
+ESTIMATOR = ("Horvitz-Thompson over independently sampled steps, with a control variate per group and "
+             "band: the group's share of the step's loss weight times the band's squared gradient norm "
+             "(decayed ratio of the earlier computed steps)")
 DECAY = 0.9  # weight of the control variate's ratio's older steps, per computed step
 
 
@@ -176,10 +180,11 @@ class ProvenanceWriter(Hook):
                               exact_first=int(self.cfg.exact_first), estimator=ESTIMATOR)
         n, b = len(self.names), len(self.bands)
         # the control variate's sums over the run's sampled steps so far (kept across checkpoints)
-        self.cv = {"x": torch.zeros(n, dtype=torch.float64),
+        self.cv = {"aux": torch.zeros(n, b, dtype=torch.float64), "computed": torch.zeros((), dtype=torch.int64),
                    **{k: torch.zeros(n, b, dtype=torch.float64) for k in SHARES},
                    # per band, over the computed steps: squared residuals and squared control variates
-                   **{f"{k}_{s}": torch.zeros(b, dtype=torch.float64) for k in SHARES for s in ("r2", "c2")}}
+                   **{f"{k}_{s}": torch.zeros(b, dtype=torch.float64) for k in SHARES
+                      for s in ("r2", "c2", "r2_drawn", "c2_drawn")}}
         self._ratio = {k: torch.zeros(n, b, dtype=torch.float64) for k in SHARES}
         self._reset()
 
@@ -247,12 +252,17 @@ class ProvenanceWriter(Hook):
         sizes = {b: sum(p.numel() for n, p in named if band_of[n] == b) for b in self.bands}
         ends = [int(e) for e in np.cumsum([sizes[b] for b in self.bands])]
         self.spans = [slice(e - sizes[b], e) for b, e in zip(self.bands, ends)]
+        pos = {b: i for i, b in enumerate(self.bands)}
+        self._param_band = torch.tensor([pos[band_of[n]] for n, _ in named], dtype=torch.int64)
         self.out = Path(out)
         self.hooks = list(hooks)
         if pending is not None:  # resumed: the saved state is that of the checkpoint at ``step``
             self.acc, cv = pending
             if cv is not None:
-                self.cv = cv
+                # a state written before the control variate was a_t (no "aux"): its ratio starts
+                # again from the next computed step (0 until then: plain Horvitz-Thompson, unbiased)
+                keep = cv if "aux" in cv else {k: v for k, v in cv.items() if k.endswith(("_r2", "_c2"))}  # no "_drawn" yet
+                self.cv = {**self.cv, **keep}
                 self._update_ratio()
             self._pending = None
             self.on_checkpoint(None, step)
@@ -350,20 +360,34 @@ class ProvenanceWriter(Hook):
             self.acc["update_share"][ids] += update
         else:
             x = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, local, weights.cpu().double())
-            self._estimate(ids, x, (norm_sq, update) if on else None, inclusion(self.cfg, ctx.step))
+            total = x.sum()
+            aux = (x / total if total > 0 else x)[:, None] * self._band_grad_norm_sq()[None, :]
+            self._estimate(ids, x, aux, (norm_sq, update) if on else None, inclusion(self.cfg, ctx.step))
         self.acc["steps_seen"][ids] += 1
         self.acc["samples_seen"][ids] += self._counts
         if "source_steps_seen" in self.acc:
             self.acc["source_steps_seen"][torch.unique(self.source_of_row[ids])] += 1
 
-    def _estimate(self, ids: torch.Tensor, x: torch.Tensor, figures, p: float) -> None:
+    def _band_grad_norm_sq(self) -> torch.Tensor:
+        """Per band, the squared norm of the gradient the optimizer applied (float64, on the CPU;
+        one fused norm over the parameters' gradients; a parameter without one adds 0)."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        out = torch.zeros(len(self.bands), dtype=torch.float64)
+        if grads:
+            norms = torch.stack(torch._foreach_norm(grads)).double().cpu()
+            which = self._param_band[[i for i, p in enumerate(self.params) if p.grad is not None]]
+            out.index_add_(0, which, norms * norms)
+        return out
+
+    def _estimate(self, ids: torch.Tensor, x: torch.Tensor, aux: torch.Tensor, figures, p: float) -> None:
         """Sampled mode: add one step to the estimates (module docstring). ``x``: the loss weight of
-        the groups ``ids``; ``figures``: their exact ``(grad_norm_sq, update_share)`` on a computed
-        step, else None; ``p``: the step's probability of being computed."""
+        the groups ``ids``; ``aux``: their control variates ``a_t`` (groups x bands); ``figures``:
+        their exact ``(grad_norm_sq, update_share)`` on a computed step, else None; ``p``: the
+        step's probability of being computed."""
         acc = self.acc
         acc["loss_weight"][ids] += x
         for k in SHARES:  # every step: the control variate's part, and its model variance
-            c = self._ratio[k][ids] * x[:, None]
+            c = self._ratio[k][ids] * aux
             acc[k][ids] += c
             acc[f"{k}_model"][ids] += (1.0 - p) / p * c * c
         if figures is None:
@@ -371,33 +395,39 @@ class ProvenanceWriter(Hook):
         acc["steps_sampled"] += 1
         acc["steps_drawn"] += int(p < 1.0)
         for k, y in zip(SHARES, figures):
-            c = self._ratio[k][ids] * x[:, None]
+            c = self._ratio[k][ids] * aux
             resid = y - c
             acc[k][ids] += resid / p
             acc[f"{k}_var"][ids] += (1.0 - p) / (p * p) * resid * resid
-            self.cv[f"{k}_r2"] += (resid * resid * (c != 0)).sum(0)  # every computed step, drawn or not
-            self.cv[f"{k}_c2"] += (c * c).sum(0)
-        for k, v in zip(("x", *SHARES), (x, *figures)):
+            # the ratio's misfit: over the drawn steps once there are any, else over the first,
+            # exact ones (early in training, where the ratio rests on few steps and misfits most)
+            for tag in ("", "_drawn") if p < 1.0 else ("",):
+                self.cv[f"{k}_r2{tag}"] += (resid * resid * (c != 0)).sum(0)
+                self.cv[f"{k}_c2{tag}"] += (c * c).sum(0)
+        for k, v in zip(("aux", *SHARES), (aux, *figures)):
             self.cv[k].mul_(DECAY)
             self.cv[k][ids] += v
+        self.cv["computed"] += 1
         self._update_ratio()
 
     def _finish_variance(self) -> None:
         """At a checkpoint: each estimate's variance is the larger of the design-based one (from its
         drawn steps) and a model-based one, which counts every step the group took part in: the
-        relative residual variance of the band's computed steps so far (the first, exact steps
-        too) times the group's squared control variates (a group seen only on steps not drawn
+        relative residual variance of the band's drawn steps so far (of its first, exact steps
+        while none is drawn) times the group's squared control variates (a group seen only on steps not drawn
         still gets an error; one with no loss weight keeps 0)."""
         for k in SHARES:
-            c2 = self.cv[f"{k}_c2"]
-            rho = torch.where(c2 > 0, self.cv[f"{k}_r2"] / torch.where(c2 > 0, c2, 1.0), 0.0)
+            drawn = self.cv[f"{k}_c2_drawn"] > 0
+            c2 = torch.where(drawn, self.cv[f"{k}_c2_drawn"], self.cv[f"{k}_c2"])
+            r2 = torch.where(drawn, self.cv[f"{k}_r2_drawn"], self.cv[f"{k}_r2"])
+            rho = torch.where(c2 > 0, r2 / torch.where(c2 > 0, c2, 1.0), 0.0)
             torch.maximum(self.acc[f"{k}_var"], rho * self.acc[f"{k}_model"], out=self.acc[f"{k}_var"])
 
     def _update_ratio(self) -> None:
-        """The control variate's ratio for the next step: sampled ``y`` over sampled ``x``."""
-        x = self.cv["x"][:, None]
+        """The control variate's ratio for the next step: sampled ``y`` over sampled ``a``."""
+        a = self.cv["aux"]
         for k in SHARES:
-            self._ratio[k] = torch.where(x > 0, self.cv[k] / torch.where(x > 0, x, 1.0), 0.0)
+            self._ratio[k] = torch.where(a > 0, self.cv[k] / torch.where(a > 0, a, 1.0), 0.0)
 
     # -- flush ---------------------------------------------------------------------------------
     def mem_scores(self) -> np.ndarray | None:
