@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from govlab.errors import GovlabError
+from govlab.eval.stats import mean_ci
 from govlab.memorization.detectors import (MEMORIZED_RATIO, detection_auc, distances, mem_ratio, noise_magnitude,
                                           pixel_features, unique_images, world_features)
 
@@ -81,10 +82,14 @@ def audit(model, dataset, *, rows: list[int] | None = None, n: int = 4, steps: i
     has_truth = has_groups(dataset.records)
     for s in spaces:
         suffix = "" if s == "pixel" else f"_{s}"
-        result[f"extraction_rate{suffix}"] = _rate([it[s] for it in items])
+        # each rate with its 95% bootstrap interval over the captions (``*_ci``: [low, high])
+        for name, keep in (("", None), ("_planted", True), ("_others", False)):
+            if keep is not None and not has_truth:
+                continue
+            flags = [it[s] for it in items if keep is None or it["planted"] == keep]
+            result[f"extraction_rate{name}{suffix}"] = _rate(flags)
+            result[f"extraction_rate{name}{suffix}_ci"] = mean_ci(flags)[1]
         if has_truth:
-            result[f"extraction_rate_planted{suffix}"] = _rate([it[s] for it in items if it["planted"]])
-            result[f"extraction_rate_others{suffix}"] = _rate([it[s] for it in items if not it["planted"]])
             # how well the ratio alone separates planted duplicates from the rest (lower: more memorized)
             result[f"auc_planted{suffix}"] = detection_auc([-it[f"{s}_ratio"] for it in items],
                                                            [it["planted"] for it in items])

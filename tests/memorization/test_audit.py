@@ -53,6 +53,9 @@ def test_audit_counts_exactly_the_reproduced_images(smoke_dataset):
     planted = {r["caption"] for r in smoke_dataset.records if r["duplicate_group"] >= 0}
     assert result["extraction_rate_planted"] == 1.0 and result["extraction_rate_others"] == 0.0
     assert result["extraction_rate_planted_feature"] == 1.0
+    assert result["extraction_rate_planted_ci"] == [1.0, 1.0] and result["extraction_rate_others_ci"] == [0.0, 0.0]
+    lo, hi = result["extraction_rate_ci"]  # a mix of reproduced and not: a proper interval around the rate
+    assert lo < result["extraction_rate"] < hi
     assert result["auc_planted"] == result["auc_planted_feature"] == 1.0  # copies: ratio 0, the rest far
     assert {it["caption"] for it in result["reproduced"]} == planted
     assert all(it["copies"] == 6 and it["pixel_ratio"] == 0 for it in result["reproduced"])
