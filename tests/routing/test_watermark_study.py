@@ -74,3 +74,10 @@ def test_world_version_1_and_no_adapter_are_refused(tiny_cfg):
         watermark(none)
     with pytest.raises(SystemExit):
         main(["--seeds", "0"])
+
+
+def test_the_bench_runs_the_study():
+    from govlab.bench import BENCHMARKS
+    from govlab.bench.watermark import bench_watermark
+
+    assert BENCHMARKS["watermark"] is bench_watermark
