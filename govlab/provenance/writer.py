@@ -371,11 +371,14 @@ class ProvenanceWriter(Hook):
     def _band_grad_norm_sq(self) -> torch.Tensor:
         """Per band, the squared norm of the gradient the optimizer applied (float64, on the CPU;
         one fused norm over the parameters' gradients; a parameter without one adds 0)."""
-        grads = [p.grad for p in self.params if p.grad is not None]
+        grads = [p.grad for p in self.params]
         out = torch.zeros(len(self.bands), dtype=torch.float64)
+        which = self._param_band
+        if any(g is None for g in grads):  # routed: a band no row of the step may change
+            which = which[[i for i, g in enumerate(grads) if g is not None]]
+            grads = [g for g in grads if g is not None]
         if grads:
             norms = torch.stack(torch._foreach_norm(grads)).double().cpu()
-            which = self._param_band[[i for i, p in enumerate(self.params) if p.grad is not None]]
             out.index_add_(0, which, norms * norms)
         return out
 
