@@ -87,8 +87,7 @@ def audit(model, dataset, *, rows: list[int] | None = None, n: int = 4, steps: i
             if keep is not None and not has_truth:
                 continue
             flags = [it[s] for it in items if keep is None or it["planted"] == keep]
-            result[f"extraction_rate{name}{suffix}"] = _rate(flags)
-            result[f"extraction_rate{name}{suffix}_ci"] = mean_ci(flags)[1]
+            result[f"extraction_rate{name}{suffix}"], result[f"extraction_rate{name}{suffix}_ci"] = mean_ci(flags)
         if has_truth:
             # how well the ratio alone separates planted duplicates from the rest (lower: more memorized)
             result[f"auc_planted{suffix}"] = detection_auc([-it[f"{s}_ratio"] for it in items],

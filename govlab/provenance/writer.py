@@ -23,8 +23,9 @@ step-to-step swings of the gradient's size that the groups' figures share. A fig
 computed step enters as ``(y_t - b_t a_t) / p_t`` and every step adds ``b_t a_t`` (Horvitz-Thompson
 with a control variate), where ``b_t`` is the ratio of the group's computed ``y`` to its ``a`` over
 the steps before ``t``, older steps decayed by ``DECAY`` each: any ``a_t`` and ``b_t`` fixed before
-step ``t`` is drawn leave the estimate unbiased, since the index does not change the training. The variance of the total is estimated by the sum over computed steps
-of ``(1 - p_t) / p_t^2 (y_t - b_t x_t)^2`` (unbiased), or, where larger, by a model-based estimate
+step ``t`` is drawn leave the estimate unbiased, since the index does not change the training.
+The variance of the total is estimated by the sum over computed steps of
+``(1 - p_t) / p_t^2 (y_t - b_t a_t)^2`` (unbiased), or, where larger, by a model-based estimate
 that counts every step (``_finish_variance``); ``*_se`` is its root, and ``steps_drawn`` counts the
 randomly drawn steps, the degrees of freedom of its interval.
 Under several ranks (``govlab.distributed``) each rank computes the shares of its slice of the batch;
@@ -180,7 +181,7 @@ class ProvenanceWriter(Hook):
                               exact_first=int(self.cfg.exact_first), estimator=ESTIMATOR)
         n, b = len(self.names), len(self.bands)
         # the control variate's sums over the run's sampled steps so far (kept across checkpoints)
-        self.cv = {"aux": torch.zeros(n, b, dtype=torch.float64), "computed": torch.zeros((), dtype=torch.int64),
+        self.cv = {"aux": torch.zeros(n, b, dtype=torch.float64),
                    **{k: torch.zeros(n, b, dtype=torch.float64) for k in SHARES},
                    # per band, over the computed steps: squared residuals and squared control variates
                    **{f"{k}_{s}": torch.zeros(b, dtype=torch.float64) for k in SHARES
@@ -260,8 +261,9 @@ class ProvenanceWriter(Hook):
             self.acc, cv = pending
             if cv is not None:
                 # a state written before the control variate was a_t (no "aux"): its ratio starts
-                # again from the next computed step (0 until then: plain Horvitz-Thompson, unbiased)
-                keep = cv if "aux" in cv else {k: v for k, v in cv.items() if k.endswith(("_r2", "_c2"))}  # no "_drawn" yet
+                # again from the next computed step (0 until then: plain Horvitz-Thompson, unbiased);
+                # it keeps its residual sums (it has no "_drawn" ones yet)
+                keep = cv if "aux" in cv else {k: v for k, v in cv.items() if k.endswith(("_r2", "_c2"))}
                 self.cv = {**self.cv, **keep}
                 self._update_ratio()
             self._pending = None
@@ -410,15 +412,14 @@ class ProvenanceWriter(Hook):
         for k, v in zip(("aux", *SHARES), (aux, *figures)):
             self.cv[k].mul_(DECAY)
             self.cv[k][ids] += v
-        self.cv["computed"] += 1
         self._update_ratio()
 
     def _finish_variance(self) -> None:
         """At a checkpoint: each estimate's variance is the larger of the design-based one (from its
         drawn steps) and a model-based one, which counts every step the group took part in: the
         relative residual variance of the band's drawn steps so far (of its first, exact steps
-        while none is drawn) times the group's squared control variates (a group seen only on steps not drawn
-        still gets an error; one with no loss weight keeps 0)."""
+        while none is drawn) times the group's squared control variates (a group seen only on steps
+        not drawn still gets an error; one with no loss weight keeps 0)."""
         for k in SHARES:
             drawn = self.cv[f"{k}_c2_drawn"] > 0
             c2 = torch.where(drawn, self.cv[f"{k}_c2_drawn"], self.cv[f"{k}_c2"])

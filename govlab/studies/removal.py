@@ -134,10 +134,11 @@ def interval(groups: list[np.ndarray], *, seed: int = 0) -> tuple[float, list[fl
     return round(float(allv.mean()), 4), [round(float(lo), 4), round(float(hi), 4)]
 
 
-def figures(per_seed: list[dict[str, np.ndarray]], *, seed: int = 0) -> dict:
-    """The five figures, each with ``<figure>_ci`` and ``<figure>_n`` (generations, all seeds)."""
+def figures(per_seed: list[dict[str, np.ndarray]], *, names=FIGURES, seed: int = 0) -> dict:
+    """The figures ``names`` (default the five) from per-seed 0/1 verdicts, each with ``<figure>_ci``
+    and ``<figure>_n`` (generations, all seeds)."""
     out = {}
-    for f in FIGURES:
+    for f in names:
         groups = [v[f] for v in per_seed]
         out[f], out[f"{f}_ci"] = interval(groups, seed=seed)
         out[f"{f}_n"] = int(sum(len(g) for g in groups))
@@ -312,7 +313,8 @@ def _flip(ci):
     return None if ci is None else [round(1 - ci[1], 4), round(1 - ci[0], 4)]
 
 
-def _fmt(v, ci) -> str:
+def with_interval(v, ci) -> str:
+    """``v [low, high]`` to two decimals (``v`` alone without an interval)."""
     return f"{v:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v:.2f}"
 
 
@@ -324,7 +326,7 @@ def table(result: dict) -> str:
     if "confined_slot" in result:
         rows.append((LABELS["confined_slot"], result["confined_slot"]))
     for label, v in rows:
-        lines.append(f"| {label} | " + " | ".join(_fmt(v[f], v[f"{f}_ci"]) for f in FIGURES) + " |")
+        lines.append(f"| {label} | " + " | ".join(with_interval(v[f], v[f"{f}_ci"]) for f in FIGURES) + " |")
     return "\n".join(lines)
 
 
@@ -332,8 +334,9 @@ def tradeoff_table(result: dict) -> str:
     lines = ["| design | artist style before removal | UA | share, unnamed prompts | IRA | CRA |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in result.get("tradeoff", []):
-        before = _fmt(r["artist_style_before"], r["artist_style_before_ci"]) if r["artist_style_before"] is not None else "-"
-        lines.append(f"| {r['design']} | {before} | " + " | ".join(_fmt(r[f], r[f"{f}_ci"]) for f in
+        before = ("-" if r["artist_style_before"] is None
+                  else with_interval(r["artist_style_before"], r["artist_style_before_ci"]))
+        lines.append(f"| {r['design']} | {before} | " + " | ".join(with_interval(r[f], r[f"{f}_ci"]) for f in
                                                                   ("ua", "share_unnamed", "ira", "cra")) + " |")
     return "\n".join(lines)
 

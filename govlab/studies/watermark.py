@@ -38,7 +38,7 @@ from govlab.io import write_json
 from govlab.models.diffusion import TextToImage
 from govlab.routing.slots import scale_slot
 from govlab.studies.localization import configs, seed_suffix, train_one
-from govlab.studies.removal import interval
+from govlab.studies.removal import figures, with_interval
 
 KINDS = ("stock", "other")
 VARIANTS = ("routed", "routed_dropped", "unrouted", "unrouted_dropped", "retrain")
@@ -113,26 +113,17 @@ def watermark(cfg: RunConfig | None = None, *, quick: bool = True, seeds: int = 
             per[f"{name}_dropped"].append(score(model))
         per["retrain"].append(score(TextToImage.load(paths["retrain"])))
 
-    variants = {}
-    for v in VARIANTS:
-        variants[v] = {}
-        for k in KINDS:
-            groups = [g[k] for g in per[v]]
-            variants[v][k], variants[v][f"{k}_ci"] = interval(groups)
-            variants[v][f"{k}_n"] = int(sum(len(g) for g in groups))
-    oracle = variants["retrain"]
-    verdict = {k: {"routed_dropped": variants["routed_dropped"][k], "retrain_ci": oracle[f"{k}_ci"],
-                   "within": oracle[f"{k}_ci"][0] <= variants["routed_dropped"][k] <= oracle[f"{k}_ci"][1]}
-               for k in KINDS}
+    variants = {v: figures(per[v], names=KINDS) for v in VARIANTS}
+    oracle, dropped = variants["retrain"], variants["routed_dropped"]
+    verdict = {}
+    for k in KINDS:
+        lo, hi = oracle[f"{k}_ci"] or [oracle[k], oracle[k]]
+        verdict[k] = {"routed_dropped": dropped[k], "retrain_ci": [lo, hi], "within": bool(lo <= dropped[k] <= hi)}
     verdict["all_within"] = all(verdict[k]["within"] for k in KINDS)
     return {"quick": quick, "seeds": seeds, "per_prompt": per_prompt, "config": cfg.name, "config_hash": cfg.hash(),
             "world_version": cfg.world.version, "train_steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
             "generations": {k: variants["routed"][f"{k}_n"] for k in KINDS},
             "data_rate": data_rates(dataset.records), "variants": variants, "verdict": verdict}
-
-
-def _fmt(v, ci) -> str:
-    return f"{v:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 def table(result: dict) -> str:
@@ -141,7 +132,8 @@ def table(result: dict) -> str:
             f"| training data | {result['data_rate']['stock']:.2f} | {result['data_rate']['other']:.2f} |"]
     for v in VARIANTS:
         f = result["variants"][v]
-        rows.append(f"| {LABELS[v]} | {_fmt(f['stock'], f['stock_ci'])} | {_fmt(f['other'], f['other_ci'])} |")
+        rows.append(f"| {LABELS[v]} | {with_interval(f['stock'], f['stock_ci'])} | "
+                    f"{with_interval(f['other'], f['other_ci'])} |")
     return "\n".join(rows)
 
 

@@ -6,14 +6,14 @@ import json
 import pytest
 import torch
 
+from govlab.checkpoint import load_state
 from govlab.config import from_dict
 from govlab.data.cache import run_dataset
 from govlab.errors import GovlabError
 from govlab.models.diffusion import TextToImage
+from govlab.routing.hook import attach
 from govlab.routing.slots import scale_slot
 from govlab.studies.localization import configs, train_one
-from govlab.checkpoint import load_state
-from govlab.routing.hook import attach
 from govlab.train import CHECKPOINT
 from govlab.studies.watermark import KINDS, VARIANTS, data_rates, main, table, watermark
 
