@@ -16,8 +16,8 @@ Sampled mode (the default) computes the shares on the first ``exact_first`` step
 a seeded random subset of steps: step ``t`` with probability ``p_t`` (1 for the first steps, then
 ``sample_rate``), independently. Every step records the exact counts (``steps_seen``,
 ``samples_seen``), each group's loss weight (the sum of its rows' loss weights, ``loss_weight``)
-and, per band, the squared norm ``G_t`` of the gradient the optimizer applies (cheap: the summed
-gradient, not the groups' shares). A group's control variate in a band is ``a_t = x_t / X_t * G_t``,
+and, per band, the squared norm ``G_t`` of the gradient the optimizer applies to the band's few
+largest tensors (``probes``; cheap: the summed gradient, not the groups' shares). A group's control variate in a band is ``a_t = x_t / X_t * G_t``,
 its share ``x_t / X_t`` of the step's loss weight times the band's squared norm, which follows the
 step-to-step swings of the gradient's size that the groups' figures share. A figure ``y_t`` of a
 computed step enters as ``(y_t - b_t a_t) / p_t`` and every step adds ``b_t a_t`` (Horvitz-Thompson
@@ -66,6 +66,7 @@ SHARES = ("grad_norm_sq", "update_share")  # the figures from the per-group shar
 ESTIMATOR = ("Horvitz-Thompson over independently sampled steps, with a control variate per group and "
              "band: the group's share of the step's loss weight times the band's squared gradient norm "
              "(decayed ratio of the earlier computed steps)")
+PROBE_SHARE, PROBE_MOST = 0.5, 4  # the control variate's probe parameters per band (``probes``)
 DECAY = 0.9  # weight of the control variate's ratio's older steps, per computed step
 
 
@@ -97,6 +98,24 @@ def band_of_params(model: torch.nn.Module, routing_cfg) -> dict[str, str]:
     out = assign(base, make_bands(routing_cfg.bands, model))
     out.update({n: b for n, b in slot_bands(model).items() if n in names})
     return out
+
+
+def probes(params: list, band: list[int], share: float = PROBE_SHARE, most: int = PROBE_MOST) -> list[int]:
+    """The parameters whose gradient norm stands for their band's in the sampled mode's control
+    variate: per band, its largest tensors until they hold ``share`` of the band's elements (at most
+    ``most``). The control variate only needs to follow the band's gradient size from step to step
+    (its ratio absorbs the scale); a few large tensors do, and norming them costs a handful of
+    calls instead of one per tensor (on the CPU, per-call overhead dominates a small model's norm)."""
+    out = []
+    for b in sorted(set(band)):
+        mine = sorted((i for i, x in enumerate(band) if x == b), key=lambda i: -params[i].numel())
+        total, held = sum(params[i].numel() for i in mine), 0
+        for i in mine[:most]:
+            out.append(i)
+            held += params[i].numel()
+            if held >= share * total:
+                break
+    return sorted(out)
 
 
 def band_modules(band_of: dict[str, str]) -> dict[str, list[str]]:
@@ -255,6 +274,7 @@ class ProvenanceWriter(Hook):
         self.spans = [slice(e - sizes[b], e) for b, e in zip(self.bands, ends)]
         pos = {b: i for i, b in enumerate(self.bands)}
         self._param_band = torch.tensor([pos[band_of[n]] for n, _ in named], dtype=torch.int64)
+        self._probes = probes(self.params, self._param_band.tolist())
         self.out = Path(out)
         self.hooks = list(hooks)
         if pending is not None:  # resumed: the saved state is that of the checkpoint at ``step``
@@ -371,11 +391,12 @@ class ProvenanceWriter(Hook):
             self.acc["source_steps_seen"][torch.unique(self.source_of_row[ids])] += 1
 
     def _band_grad_norm_sq(self) -> torch.Tensor:
-        """Per band, the squared norm of the gradient the optimizer applied (float64, on the CPU;
-        one fused norm over the parameters' gradients; a parameter without one adds 0)."""
-        grads = [p.grad for p in self.params]
+        """Per band, the squared norm of the gradient the optimizer applied to the band's probe
+        parameters (``probes``; float64, on the CPU; one fused norm; a parameter without a gradient
+        adds 0)."""
+        grads = [self.params[i].grad for i in self._probes]
         out = torch.zeros(len(self.bands), dtype=torch.float64)
-        which = self._param_band
+        which = self._param_band[self._probes]
         if any(g is None for g in grads):  # routed: a band no row of the step may change
             which = which[[i for i, g in enumerate(grads) if g is not None]]
             grads = [g for g in grads if g is not None]

@@ -229,3 +229,20 @@ def test_the_explorer_shows_the_interval(runs, tmp_path):
     exact = tmp_path / "exact"
     write_index(runs[0], exact / INDEX)
     assert list(source_band(Run(exact), "grad_norm_sq", 8).columns) == ["source", "band", "share"]
+
+
+def test_the_control_variates_probes_are_each_bands_largest_tensors():
+    import torch
+
+    from govlab.provenance.writer import probes
+
+    sizes = [10, 500, 40, 300, 200, 7, 1, 2, 3, 4, 5, 6]
+    band = [0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2]
+    params = [torch.zeros(n) for n in sizes]
+    # band 0: 500 of 550 in its largest tensor; band 1: 300 of 507; band 2: 6 + 5 of 21
+    assert probes(params, band, share=0.5, most=4) == [1, 3, 10, 11]
+    # band 1 needs 300 + 200 to pass 0.6 of 507; band 2 needs 6 + 5 + 4 to pass 0.6 of 21
+    assert probes(params, band, share=0.6, most=4) == [1, 3, 4, 9, 10, 11]
+    # at most two per band
+    assert probes(params, band, share=0.9, most=2) == [1, 3, 4, 10, 11]
+    assert probes(params, band, share=1.0, most=100) == list(range(12))
