@@ -47,6 +47,7 @@ def bench_lineage(*, quick: bool = False, workers: int | None = None, address: s
         for m, suffix in (("gaussian", ""), ("knn", "_knn")):
             v = evaluate(zoo, feats_more, method=m)
             more[f"accuracy{suffix}_k{K_MORE}"] = round(accuracy(v), 4)
+            more[f"accuracy{suffix}_k{K_MORE}_ci"] = mean_ci([float(x.correct) for x in v])[1]
             more[f"wrong{suffix}_k{K_MORE}"] = [x.target for x in v if not x.correct]
             more.update({f"{k}{suffix}_k{K_MORE}": val for k, val in _split(v).items() if "accuracy" in k})
     split = {f"{k}{suffix}": val for m, suffix in (("gaussian", ""), ("knn", "_knn"))
