@@ -341,6 +341,53 @@ def tradeoff_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def verdict_lines(v: dict, name: str) -> list[str]:
+    """One Markdown bullet per figure: ``name``'s value against the oracle's interval."""
+    out = []
+    for f in FIGURES:
+        x = v[f]
+        lo, hi = x["retrain_ci"]
+        word = "**within**" if x["within"] else "**NOT within**"
+        out.append(f"- `{f}`: {name} {x['slot']:.3f}, oracle {x['retrain']:.3f} [{lo:.3f}, {hi:.3f}]: {word}")
+    return out
+
+
+def page(result: dict, *, plot_file: str | None = None, command: str | None = None) -> str:
+    """A Markdown page of a result: its settings, the five figures per variant, the designs'
+    forget/retain table, each design's verdict against the oracle's interval, the cost, and the plot
+    (``plot_file``, relative to the page) when given. Every figure is read from ``result``."""
+    seeds = result["seeds"]
+    size = "quick (smoke-sized)" if result["quick"] else "full (demo-sized)"
+    lines = [f"# Removing {result['artist']}: {size}, {seeds} training seed{'s' if seeds > 1 else ''}", ""]
+    if command:
+        lines += [f"Made by `{command}` (`--out FILE --plot PNG --page MD` write the result, its plot and this "
+                  "page; `--from FILE --plot PNG --page MD` redraws them from a result).", ""]
+    lines += [f"Preset `{result['config']}` (config hash `{result['config_hash']}`), {result['train_steps']} steps at "
+              f"batch {result['batch_size']}; {result['per_prompt']} generations per prompt, "
+              f"{result['generations_per_variant']} per variant over all seeds. Each figure with its 95% "
+              "bootstrap interval (over training seeds, then generations within each, where several seeds "
+              f"ran). Chance for style is {result['chance_style']}. What the figures and variants are: "
+              "[removal.md](removal.md).", "", table(result), ""]
+    before = result.get("before", {})
+    if before:
+        lines.append("Before removal, the artist's style on its own prompts: " + "; ".join(
+            f"{k} {with_interval(1 - v['ua'], _flip(v['ua_ci']))}" for k, v in before.items()) + ".")
+        lines.append("")
+    if result.get("tradeoff"):
+        lines += ["## Designs: forget against retain", "", tradeoff_table(result), ""]
+    if plot_file:
+        lines += [f"![forget against retain]({plot_file})", ""]
+    lines += ["## Against the oracle's interval", "", "(a), the default design:", "",
+              *verdict_lines(result["verdict"], "slot"), "",
+              f"All five within: **{result['verdict']['all_within']}**.", ""]
+    if "confined_verdict" in result:
+        lines += ["(e), the confined design:", "", *verdict_lines(result["confined_verdict"], "confined"), "",
+                  f"All five within: **{result['confined_verdict']['all_within']}**.", ""]
+    lines += [f"Cost: zeroing the slot took {result['slot_seconds']} s, ESD {result['esd_seconds']} s "
+              f"(`slot_cost_fraction_of_esd` {result['slot_cost_fraction_of_esd']}).", ""]
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: str | Path) -> Path:
     """Forget (the artist's share on prompts naming no artist, lower is better) against retain (IRA)
     per variant and design, with 95% intervals, as a PNG."""
@@ -390,6 +437,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-prompt", type=int, default=None)
     p.add_argument("--out", default=None, help="write the result JSON here")
     p.add_argument("--plot", default=None, help="write the forget/retain plot (PNG) here")
+    p.add_argument("--page", default=None, help="write a Markdown page of the result here (tables, verdicts, the plot)")
     p.add_argument("--from", dest="source", default=None,
                    help="a result JSON written before (--out, or govlab bench removal --json): tables and plot only")
     args = p.parse_args(argv)
@@ -401,6 +449,8 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"{args.source}: not a removal result ({e})")
         if args.plot:
             plot(result, args.plot)
+        if args.page:
+            write_page(result, args.page, args.plot)
         return
     seeds = args.seeds if args.seeds is not None else (3 if args.full else 1)
     if seeds < 1:
@@ -414,7 +464,24 @@ def main(argv: list[str] | None = None) -> None:
         write_json(Path(args.out), result)
     if args.plot:
         plot(result, args.plot)
+    if args.page:
+        write_page(result, args.page, args.plot)
     print(json.dumps(result))
+
+
+def write_page(result: dict, path: str, plot_path: str | None) -> None:
+    """``page`` to ``path`` (temp name, then rename), the plot linked relative to it, with the
+    command that trains and scores the same result."""
+    import os
+
+    from govlab.io import atomic_path
+
+    path = Path(path)
+    rel = os.path.relpath(plot_path, path.parent) if plot_path else None
+    command = (f"python -m govlab.studies.removal {'--quick' if result['quick'] else '--full'} "
+               f"--seeds {result['seeds']} --artist {result['artist']} --per-prompt {result['per_prompt']}")
+    with atomic_path(path) as tmp:
+        tmp.write_text(page(result, plot_file=rel, command=command))
 
 
 if __name__ == "__main__":

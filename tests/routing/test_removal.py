@@ -85,3 +85,21 @@ def test_bad_artist_is_one_clear_error(tiny_cfg, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--seeds", "0"])
     assert exit_.value.code == 2 and "--seeds must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_page_states_each_figure_and_verdict_of_its_result(result, tmp_path, capsys):
+    src = tmp_path / "r.json"
+    src.write_text(json.dumps(result))
+    md, png = tmp_path / "docs" / "removal-x.md", tmp_path / "docs" / "img" / "x.png"
+    main(["--from", str(src), "--plot", str(png), "--page", str(md)])
+    text = md.read_text()
+    assert png.stat().st_size > 0 and "](img/x.png)" in text
+    assert table(result) in text
+    for f in FIGURES:
+        v = result["verdict"][f]
+        word = "**within**" if v["within"] else "**NOT within**"
+        assert f"- `{f}`: slot {v['slot']:.3f}, oracle {v['retrain']:.3f}" in text
+        assert f"`{f}`: slot {v['slot']:.3f}, oracle {v['retrain']:.3f} [{v['retrain_ci'][0]:.3f}, {v['retrain_ci'][1]:.3f}]: {word}" in text
+    assert f"All five within: **{result['verdict']['all_within']}**." in text
+    assert f"--seeds {result['seeds']} --artist artist_0 --per-prompt 1" in text
+    assert not list(md.parent.glob(".*.tmp"))  # written under a temp name, then renamed
