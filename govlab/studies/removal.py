@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.plot:
             plot(result, args.plot)
         if args.page:
-            write_page(result, args.page, args.plot)
+            _page_or_exit(p, result, args)
         return
     seeds = args.seeds if args.seeds is not None else (3 if args.full else 1)
     if seeds < 1:
@@ -464,9 +464,16 @@ def main(argv: list[str] | None = None) -> None:
         write_json(Path(args.out), result)
     if args.plot:
         plot(result, args.plot)
-    if args.page:
-        write_page(result, args.page, args.plot)
     print(json.dumps(result))
+    if args.page:
+        _page_or_exit(p, result, args)
+
+
+def _page_or_exit(parser, result: dict, args) -> None:
+    try:
+        write_page(result, args.page, args.plot)
+    except OSError as e:
+        parser.error(f"--page {args.page}: cannot write ({e.strerror or e})")
 
 
 def write_page(result: dict, path: str, plot_path: str | None) -> None:

@@ -103,3 +103,12 @@ def test_the_page_states_each_figure_and_verdict_of_its_result(result, tmp_path,
     assert f"All five within: **{result['verdict']['all_within']}**." in text
     assert f"--seeds {result['seeds']} --artist artist_0 --per-prompt 1" in text
     assert not list(md.parent.glob(".*.tmp"))  # written under a temp name, then renamed
+
+
+def test_a_page_that_cannot_be_written_is_one_clear_error(result, tmp_path, capsys):
+    src, blocker = tmp_path / "r.json", tmp_path / "a-file"
+    src.write_text(json.dumps(result))
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--from", str(src), "--page", str(blocker / "page.md")])
+    assert exit_.value.code == 2 and f"--page {blocker / 'page.md'}: cannot write" in capsys.readouterr().err
