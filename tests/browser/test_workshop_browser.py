@@ -17,6 +17,11 @@ from PIL import Image
 
 pytestmark = pytest.mark.browser
 GOVLAB = str(Path(sys.executable).parent / "govlab")
+# JupyterLab's own kernel connection, not the lesson: when the page's connection to the running
+# kernel is replaced (a reconnect on a loaded machine, the kernel dialog), the requests still in
+# flight are rejected with this message and nothing catches it (seen in CI for the subshell
+# request JupyterLab sends on connecting). The lesson's own errors still fail the test.
+KERNEL_RECONNECT = re.compile(r"^(Error: )?Canceled future for \w+ message before replies were done$")
 TOKEN = "workshop-test-token"
 
 
@@ -98,7 +103,7 @@ def test_lesson_widget_drives_its_output(page, lab, artifacts):
     assert "http://127.0.0.1:" in text and f"token={TOKEN}" in text  # the URL the command prints
     start_kernel(base, "01_routing.ipynb")
     errors = []
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("pageerror", lambda e: None if KERNEL_RECONNECT.match(str(e)) else errors.append(f"pageerror: {e}"))
     page.set_default_timeout(120_000)
     page.set_viewport_size({"width": 1280, "height": 1000})
     page.goto(f"{base}/lab/tree/01_routing.ipynb?token={TOKEN}")
