@@ -275,6 +275,7 @@ class ProvenanceWriter(Hook):
         pos = {b: i for i, b in enumerate(self.bands)}
         self._param_band = torch.tensor([pos[band_of[n]] for n, _ in named], dtype=torch.int64)
         self._probes = probes(self.params, self._param_band.tolist())
+        self._probe_band = self._param_band[self._probes]
         self.out = Path(out)
         self.hooks = list(hooks)
         if pending is not None:  # resumed: the saved state is that of the checkpoint at ``step``
@@ -396,7 +397,7 @@ class ProvenanceWriter(Hook):
         adds 0)."""
         grads = [self.params[i].grad for i in self._probes]
         out = torch.zeros(len(self.bands), dtype=torch.float64)
-        which = self._param_band[self._probes]
+        which = self._probe_band
         if any(g is None for g in grads):  # routed: a band no row of the step may change
             which = which[[i for i, g in enumerate(grads) if g is not None]]
             grads = [g for g in grads if g is not None]
