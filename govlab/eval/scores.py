@@ -67,6 +67,11 @@ def score_images(images: torch.Tensor, probes: list[dict], evaluator=None, *, ve
         "chance_style": round(1 / max(1, len(set(want_src[art]))), 4),
         "chance_shape": round(1 / len(SHAPES), 4),
         **{f"{k}_ci": mean_ci(v)[1] for k, v in hits.items()},  # 95% bootstrap intervals over the images
+        # per artist: the interval of its own prompts' style accuracy, and of the other artists' prompts'
+        # (what a removal compares: the removed artist, and everyone else)
+        "style_acc_by_artist_ci": {a: mean_ci(src[want_src == a] == a)[1] for a in sorted(set(want_src[art]))},
+        "style_acc_others_ci_by_artist": {a: mean_ci(src[art & (want_src != a)] == want_src[art & (want_src != a)])[1]
+                                          for a in sorted(set(want_src[art]))},
     }
 
 

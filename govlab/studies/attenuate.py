@@ -33,9 +33,14 @@ def effect(scores: dict, source: str) -> dict:
                 "nearest_train_distance": scores.get("nearest_train_distance"),
                 "chance_nearest_source": scores.get("chance_nearest_source")}
     by = scores.get("style_acc_by_artist", {})
-    return {"style_acc_source": by.get(source), "style_acc_others": _others(by, source),
-            "shape_acc": scores.get("shape_acc"), "watermark_rate": scores.get("watermark_rate"),
-            "identity_rate": scores.get("identity_rate"), "chance_style": scores.get("chance_style")}
+    out = {"style_acc_source": by.get(source), "style_acc_others": _others(by, source),
+           "shape_acc": scores.get("shape_acc"), "watermark_rate": scores.get("watermark_rate"),
+           "identity_rate": scores.get("identity_rate"), "chance_style": scores.get("chance_style")}
+    # 95% intervals over the generations, where the scores carry them (scores.json of older runs do not)
+    cis = {"style_acc_source_ci": (scores.get("style_acc_by_artist_ci") or {}).get(source),
+           "style_acc_others_ci": (scores.get("style_acc_others_ci_by_artist") or {}).get(source),
+           **{f"{k}_ci": scores.get(f"{k}_ci") for k in ("shape_acc", "watermark_rate", "identity_rate")}}
+    return out | {k: v for k, v in cis.items() if v is not None}
 
 
 def attenuate_run(run: str | Path, source: str, factor: float, out: str | Path, *, progress: bool = False) -> dict:
@@ -90,12 +95,17 @@ def attenuate_run(run: str | Path, source: str, factor: float, out: str | Path, 
 
 def write_report(out: Path, result: dict, grids: list[Path]) -> Path:
     b, a = result["before"], result["after"]
-    rows = [f"| {k} | {b[k]} | {a[k]} |" for k in b]
+
+    def cell(d, k):  # the figure, and its 95% interval over the generations where it has one
+        return f"{d.get(k)} {d[k + '_ci']}" if d.get(k + "_ci") else f"{d.get(k)}"
+
+    rows = [f"| {k} | {cell(b, k)} | {cell(a, k)} |" for k in b if not k.endswith("_ci")]
     lines = [
         f"# Attenuation of `{result['source']}` (factor {result['factor']})", "",
         f"From run `{result['from']}`: the slot of `{result['source']}` was scaled by {result['factor']} in "
         f"{result['layers']} layers (0 removes it); nothing else changed.", "",
         "| metric | before | after |", "| --- | --- | --- |", *rows, "",
+        "Beside a figure, its 95% bootstrap interval over the generations.", "",
         (f"`style_acc_source` is the style accuracy of `{result['source']}`'s prompts (chance "
          f"{b['chance_style']}); `style_acc_others` the mean over the other artists." if "style_acc_source" in b else
          f"`nearest_source_acc_source`: the share of generations from `{result['source']}`'s own captions whose "

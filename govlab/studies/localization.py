@@ -18,7 +18,7 @@ from govlab.config import RunConfig, load_config
 from govlab.data.cache import run_dataset
 from govlab.errors import GovlabError
 from govlab.eval.scores import score_model
-from govlab.io import write_json
+from govlab.io import write_json, write_text
 from govlab.models.diffusion import TextToImage
 from govlab.routing.hook import attach
 from govlab.routing.slots import scale_slot
@@ -147,6 +147,27 @@ def localization(cfg: RunConfig, workdir: str | Path, *, artist: str = "artist_0
     return {"rows": rows, "summary": summary}
 
 
+COLUMNS = (("style_acc_source", "{artist} style"), ("style_acc_others", "other artists' style"),
+           ("shape_acc", "shape"), ("watermark_rate", "watermark"), ("identity_rate", "identity"))
+
+
+def table(result: dict) -> str:
+    """The rows as a markdown table, each figure with its 95% interval over the generations."""
+    artist = result["summary"]["artist"]
+
+    def cell(row, key):
+        ci = row.get(f"{key}_ci")
+        value = row.get(key)
+        if value is None:
+            return "-"
+        return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{value:.2f}"
+
+    head = "| variant | " + " | ".join(label.format(artist=artist) for _, label in COLUMNS) + " |"
+    rule = "| --- " * (len(COLUMNS) + 1) + "|"
+    rows = [f"| {r['variant']} | " + " | ".join(cell(r, k) for k, _ in COLUMNS) + " |" for r in result["rows"]]
+    return "\n".join([head, rule, *rows]) + "\n"
+
+
 def seed_summary(pairs: list[tuple[dict, dict]]) -> dict:
     """(a) - (b) on the other artists' style, per training seed, with its mean, standard deviation
     and standard error; and how far two routed trainings differing only in seed land apart."""
@@ -167,8 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m govlab.studies.localization WORKDIR [--preset P] [--config FILE] [--artist A]
     [--per-prompt N] [--seeds S]``: the localization experiment (three trainings under ``WORKDIR``,
     two more per extra seed, reused when present) on the preset, overridden by FILE (e.g. another
-    ``routing.style_band``); writes ``WORKDIR/localization.json`` and prints the summary as one
-    JSON line."""
+    ``routing.style_band``); writes ``WORKDIR/localization.json``, the table with its intervals as
+    ``WORKDIR/localization.md``, and prints the summary as one JSON line."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m govlab.studies.localization")
@@ -188,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     result = localization(cfg, args.workdir, artist=args.artist, per_prompt=args.per_prompt,
                           seeds=args.seeds, progress=True)
     write_json(Path(args.workdir) / "localization.json", result)
+    write_text(Path(args.workdir) / "localization.md", table(result))
     print(json.dumps(result["summary"]))
 
 

@@ -29,3 +29,29 @@ def test_scores_of_real_images_are_high_and_of_noise_are_low():
     noise = torch.randint(0, 256, real.permute(0, 3, 1, 2).shape, generator=torch.Generator().manual_seed(0),
                           dtype=torch.uint8)
     assert score_images(noise, probes)["identity_rate"] < 0.5
+
+
+def test_per_artist_intervals_separate_the_artist_from_the_others():
+    """artist_5's prompts rendered in artist_0's style: artist_0's own accuracy is high, artist_5's
+    near 0, and the interval of 'the others' of artist_0 (artist_3 right, artist_5 wrong) sits
+    around one half, each interval around its figure."""
+    from govlab.data.world import render
+
+    probes = eval_prompts(["artist_0", "artist_3", "artist_5"], per_prompt=3)
+    drawn = [{**p, "source_id": "artist_0"} if p["source_id"] == "artist_5" else p for p in probes]
+    real = torch.stack([torch.from_numpy(render({**p, "watermark": False, "seed": i}, 16))
+                        for i, p in enumerate(drawn)])
+    s = score_images(real.permute(0, 3, 1, 2), probes)
+    by, ci, others = s["style_acc_by_artist"], s["style_acc_by_artist_ci"], s["style_acc_others_ci_by_artist"]
+    assert by["artist_0"] > 0.9 and by["artist_5"] < 0.1, by
+    for a in by:
+        assert ci[a][0] <= by[a] <= ci[a][1], (a, by[a], ci[a])
+    lo, hi = others["artist_0"]  # artist_3 and artist_5's prompts: about half right
+    assert lo < 0.5 < hi and hi - lo < 0.6, others
+    lo, hi = others["artist_5"]  # artist_0 and artist_3's prompts: nearly all right
+    assert lo > 0.75, others
+    from govlab.studies.attenuate import effect
+
+    e = effect(s, "artist_0")
+    assert e["style_acc_source_ci"] == ci["artist_0"] and e["style_acc_others_ci"] == others["artist_0"]
+    assert lo <= (by["artist_0"] + by["artist_3"]) / 2 <= hi  # the others of artist_5: the mean of the two

@@ -44,3 +44,15 @@ def test_missing_config_is_one_clear_error(tmp_path):
                            str(tmp_path / "nope.yaml")], capture_output=True, text=True)
     assert proc.returncode == 2 and "nope.yaml: config file not found" in proc.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_the_table_prints_each_figure_with_its_interval():
+    from govlab.studies.localization import table
+
+    rows = [{"variant": "(a) routed, slot zeroed", "style_acc_source": 0.16, "style_acc_source_ci": [0.1, 0.23],
+             "style_acc_others": 0.774, "shape_acc": 0.57, "shape_acc_ci": [0.5, 0.64], "watermark_rate": None,
+             "identity_rate": 0.25, "identity_rate_ci": [0.125, 0.375]}]
+    md = table({"rows": rows, "summary": {"artist": "artist_0"}})
+    head, rule, line = md.strip().splitlines()
+    assert head.startswith("| variant | artist_0 style | other artists' style |")
+    assert line == "| (a) routed, slot zeroed | 0.16 [0.10, 0.23] | 0.77 | 0.57 [0.50, 0.64] | - | 0.25 [0.12, 0.38] |"
