@@ -115,6 +115,9 @@ def localization(cfg: RunConfig, workdir: str | Path, *, artist: str = "artist_0
         ("routed, identity band dropped", "routed", ("identity",)),
         ("unrouted, identity band dropped", "unrouted", ("identity",)),
     ]
+    # a band is dropped only where the config routes to it (on world version 2 the watermark has none:
+    # govlab.studies.removal.v2_routing; its removal there is govlab.studies.watermark's)
+    variants = [v for v in variants if all(z in (artist, *cfg.routing.sequestered) for z in v[2])]
     rows = [{"variant": label, **score(paths[model], zero)} for label, model, zero in variants]
     by = {r["variant"]: r for r in rows}
     a, b, c = by["(a) routed, slot zeroed"], by["(b) retrained without artist"], by["(c) unrouted, slot zeroed"]
@@ -127,13 +130,13 @@ def localization(cfg: RunConfig, workdir: str | Path, *, artist: str = "artist_0
         "a_minus_b_others_points": round(100 * (a["style_acc_others"] - b["style_acc_others"]), 1),
         "c_minus_b_others_points": round(100 * (c["style_acc_others"] - b["style_acc_others"]), 1),
         "a_minus_b_shape_points": round(100 * (a["shape_acc"] - b["shape_acc"]), 1),
-        "watermark_routed": by["routed"]["watermark_rate"],
-        "watermark_routed_dropped": by["routed, watermark band dropped"]["watermark_rate"],
-        "watermark_unrouted_dropped": by["unrouted, watermark band dropped"]["watermark_rate"],
-        "identity_routed": by["routed"]["identity_rate"],
-        "identity_routed_dropped": by["routed, identity band dropped"]["identity_rate"],
-        "identity_unrouted_dropped": by["unrouted, identity band dropped"]["identity_rate"],
+        "watermark_routed": by["routed"]["watermark_rate"], "identity_routed": by["routed"]["identity_rate"],
+        "world_version": cfg.world.version,
     }
+    for band in ("watermark", "identity"):
+        for model in ("routed", "unrouted"):
+            if f"{model}, {band} band dropped" in by:
+                summary[f"{band}_{model}_dropped"] = by[f"{model}, {band} band dropped"][f"{band}_rate"]
     # the issue's goal: (a) brings the artist to chance like (b), others within 2 points of (b); (c) does not
     summary["goal_a_at_chance"] = a["style_acc_source"] <= max(chance, b["style_acc_source"]) + 0.05
     summary["goal_a_others_within_2"] = abs(summary["a_minus_b_others_points"]) <= 2
@@ -202,8 +205,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
+    from govlab.studies.removal import v2_routing
+
     try:
-        cfg = load_config(args.preset, args.config)
+        cfg = v2_routing(load_config(args.preset, args.config))  # the watermark unrouted on world version 2
     except GovlabError as e:
         p.error(str(e))
     result = localization(cfg, args.workdir, artist=args.artist, per_prompt=args.per_prompt,

@@ -60,7 +60,7 @@ def check_routing(ex: Executed):
     err = float(re.search(r"max relative error, routed vs per-sample reference: (\S+)", text).group(1))
     assert err <= 1e-5
     for line in ("(a) artist_0 style accuracy", "(c) unrouted zeroing", "watermark rate: routed",
-                 "over 2 training seeds: ["):
+                 "identity rate: routed", "band dropped", "over 2 training seeds: ["):
         assert line in text
     assert "(b) retrained without artist" in text and "QUICK mode" in text
 
