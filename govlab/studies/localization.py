@@ -14,6 +14,8 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from govlab.config import RunConfig, load_config
 from govlab.data.cache import run_dataset
 from govlab.errors import GovlabError
@@ -118,7 +120,8 @@ def localization(cfg: RunConfig, workdir: str | Path, *, artist: str = "artist_0
     # a band is dropped only where the config routes to it (on world version 2 the watermark has none:
     # govlab.studies.removal.v2_routing; its removal there is govlab.studies.watermark's)
     variants = [v for v in variants if all(z in (artist, *cfg.routing.sequestered) for z in v[2])]
-    rows = [{"variant": label, **score(paths[model], zero)} for label, model, zero in variants]
+    rows = [{"variant": label, **score(paths[model], zero)}
+            for label, model, zero in tqdm(variants, desc="localization variants", disable=not progress, leave=False)]
     by = {r["variant"]: r for r in rows}
     a, b, c = by["(a) routed, slot zeroed"], by["(b) retrained without artist"], by["(c) unrouted, slot zeroed"]
     chance = a["chance_style"]
@@ -143,7 +146,7 @@ def localization(cfg: RunConfig, workdir: str | Path, *, artist: str = "artist_0
     summary["goal_c_not_at_chance"] = c["style_acc_source"] > max(chance, b["style_acc_source"]) + 0.05
     if seeds > 1:
         pairs = [(a, b)]
-        for seed in range(1, seeds):
+        for seed in tqdm(range(1, seeds), desc="localization seeds", disable=not progress, leave=False):
             more = train_all(cfg, workdir, artist=artist, names=("routed", "retrain"), seed=seed, progress=progress)
             pairs.append((score(more["routed"], (artist,)), score(more["retrain"])))
         summary |= seed_summary(pairs)
