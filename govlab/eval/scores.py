@@ -47,6 +47,7 @@ def score_images(images: torch.Tensor, probes: list[dict], evaluator=None, *, ve
     want_person = np.array([p["identity"] or "none" for p in probes])
     wm = pred["watermark"].numpy().astype(bool)
     art = kind == "artist"
+    artists = sorted(set(want_src[art]))
 
     def mean(x):
         return round(float(np.mean(x)), 4) if len(x) else None
@@ -58,7 +59,7 @@ def score_images(images: torch.Tensor, probes: list[dict], evaluator=None, *, ve
     return {
         "n_images": len(probes),
         "style_acc": mean(src[art] == want_src[art]),
-        "style_acc_by_artist": {a: mean(src[want_src == a] == a) for a in sorted(set(want_src[art]))},
+        "style_acc_by_artist": {a: mean(src[want_src == a] == a) for a in artists},
         "shape_acc": mean(shape[kind != "identity"] == want_shape[kind != "identity"]),
         "watermark_rate": mean(wm[kind == "stock"]),
         "watermark_rate_artist_prompts": mean(wm[art]),
@@ -69,9 +70,9 @@ def score_images(images: torch.Tensor, probes: list[dict], evaluator=None, *, ve
         **{f"{k}_ci": mean_ci(v)[1] for k, v in hits.items()},  # 95% bootstrap intervals over the images
         # per artist: the interval of its own prompts' style accuracy, and of the other artists' prompts'
         # (what a removal compares: the removed artist, and everyone else)
-        "style_acc_by_artist_ci": {a: mean_ci(src[want_src == a] == a)[1] for a in sorted(set(want_src[art]))},
+        "style_acc_by_artist_ci": {a: mean_ci(src[want_src == a] == a)[1] for a in artists},
         "style_acc_others_ci_by_artist": {a: mean_ci(src[art & (want_src != a)] == want_src[art & (want_src != a)])[1]
-                                          for a in sorted(set(want_src[art]))},
+                                          for a in artists},
     }
 
 
