@@ -23,3 +23,8 @@ def mean_ci(values, *, seed: int = 0) -> tuple[float | None, list[float] | None]
     res = bootstrap((x,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="percentile",
                     random_state=np.random.default_rng(seed))
     return mean, [round(float(res.confidence_interval.low), 4), round(float(res.confidence_interval.high), 4)]
+
+
+def with_interval(v, ci) -> str:
+    """``v [low, high]`` to two decimals (``v`` alone without an interval)."""
+    return f"{v:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v:.2f}"

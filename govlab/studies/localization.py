@@ -20,6 +20,7 @@ from govlab.config import RunConfig, load_config
 from govlab.data.cache import run_dataset
 from govlab.errors import GovlabError
 from govlab.eval.scores import score_model
+from govlab.eval.stats import with_interval
 from govlab.io import write_json, write_text
 from govlab.models.diffusion import TextToImage
 from govlab.routing.hook import attach
@@ -162,11 +163,7 @@ def table(result: dict) -> str:
     artist = result["summary"]["artist"]
 
     def cell(row, key):
-        ci = row.get(f"{key}_ci")
-        value = row.get(key)
-        if value is None:
-            return "-"
-        return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{value:.2f}"
+        return "-" if row.get(key) is None else with_interval(row[key], row.get(f"{key}_ci"))
 
     head = "| variant | " + " | ".join(label.format(artist=artist) for _, label in COLUMNS) + " |"
     rule = "| --- " * (len(COLUMNS) + 1) + "|"

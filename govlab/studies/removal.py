@@ -38,8 +38,8 @@ from govlab.data.world import ARTISTS, WORLD_VERSION, caption_for
 from govlab.errors import GovlabError
 from govlab.eval.classifiers import HEADS, load_evaluator
 from govlab.eval.scores import probe_prompts
-from govlab.eval.stats import CONFIDENCE, RESAMPLES, mean_ci
-from govlab.io import write_json
+from govlab.eval.stats import CONFIDENCE, RESAMPLES, mean_ci, with_interval
+from govlab.io import write_json, write_text
 from govlab.models.diffusion import TextToImage, to_float
 from govlab.routing.slots import scale_slot
 from govlab.studies.localization import configs, seed_suffix, train_one
@@ -313,11 +313,6 @@ def _flip(ci):
     return None if ci is None else [round(1 - ci[1], 4), round(1 - ci[0], 4)]
 
 
-def with_interval(v, ci) -> str:
-    """``v [low, high]`` to two decimals (``v`` alone without an interval)."""
-    return f"{v:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v:.2f}"
-
-
 def table(result: dict) -> str:
     """The five figures per variant as a Markdown table (value [95% interval])."""
     lines = ["| variant | UA | share, unnamed prompts | share, other artists' prompts | IRA | CRA |",
@@ -481,14 +476,11 @@ def write_page(result: dict, path: str, plot_path: str | None) -> None:
     command that trains and scores the same result."""
     import os
 
-    from govlab.io import atomic_path
-
     path = Path(path)
     rel = os.path.relpath(plot_path, path.parent) if plot_path else None
     command = (f"python -m govlab.studies.removal {'--quick' if result['quick'] else '--full'} "
                f"--seeds {result['seeds']} --artist {result['artist']} --per-prompt {result['per_prompt']}")
-    with atomic_path(path) as tmp:
-        tmp.write_text(page(result, plot_file=rel, command=command))
+    write_text(path, page(result, plot_file=rel, command=command))
 
 
 if __name__ == "__main__":

@@ -34,11 +34,12 @@ from govlab.data.world import WATERMARK_SHARE
 from govlab.errors import GovlabError
 from govlab.eval.classifiers import load_evaluator
 from govlab.eval.scores import eval_prompts
+from govlab.eval.stats import with_interval
 from govlab.io import write_json
 from govlab.models.diffusion import TextToImage
 from govlab.routing.slots import scale_slot
 from govlab.studies.localization import configs, seed_suffix, train_one
-from govlab.studies.removal import figures, with_interval
+from govlab.studies.removal import figures
 
 KINDS = ("stock", "other")
 VARIANTS = ("routed", "routed_dropped", "unrouted", "unrouted_dropped", "retrain")
